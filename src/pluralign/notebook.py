@@ -1,0 +1,47 @@
+"""The few lines every notebook shares after its ``parameters`` cell.
+
+A notebook calls :func:`start_stage` once: it loads the typed config, seeds everything,
+sets the plot theme and returns where to write. :func:`finish_stage` writes the metrics
+JSON and the run manifest atomically. Keeping this here keeps notebooks thin and makes
+the stage contract (paths, manifest, seeding) testable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pluralign.config import ProjectPaths, StageConfig, load_stage_config, project_root
+from pluralign.plotting import set_theme
+from pluralign.runlog import set_seed, write_json_atomic, write_manifest
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One running stage: its DVC name, typed config and output paths."""
+
+    name: str
+    config: StageConfig
+    paths: ProjectPaths
+
+    def finish(self, metrics: dict[str, Any]) -> Path:
+        """Write ``results/metrics/<stage>.json`` and ``results/manifests/<stage>.json``."""
+        write_manifest(self.paths.manifest(self.name), self.name, self.config, project_root())
+        return write_json_atomic(self.paths.metrics(self.name), metrics)
+
+
+def start_stage(
+    name: str,
+    section: str,
+    params_file: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+    output_root: str | os.PathLike[str] | None = None,
+) -> Stage:
+    """Load ``section`` of the params for ``profile``, seed, theme; paths under ``output_root``."""
+    config = load_stage_config(section, params_file, profile)
+    set_seed(config.seed)
+    set_theme()
+    root = Path(output_root) if output_root else project_root()
+    return Stage(name=name, config=config, paths=ProjectPaths(root))

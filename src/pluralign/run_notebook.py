@@ -1,0 +1,86 @@
+"""Run one numbered notebook with papermill: the command of every DVC stage.
+
+    python -m pluralign.run_notebook notebooks/00_policy_pretrain.ipynb
+
+Why a runner instead of calling papermill in ``dvc.yaml``: the cpu profile must be
+offline *before* the kernel imports ``huggingface_hub`` (it reads ``HF_HUB_OFFLINE`` once,
+at import), the output folder must exist (DVC deletes outs before a stage runs), and the
+executed copy must appear atomically so a failed run never looks like a finished one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pluralign.config import ConfigError, ProjectPaths, project_root, read_params, resolve_profile
+
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+# Notebook stream outputs keep every tqdm redraw: keep bars coarse in executed copies.
+KERNEL_ENV = {"TQDM_MININTERVAL": "20", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+
+
+def kernel_environment(profile: str, root: Path) -> dict[str, str]:
+    """Environment variables the kernel must start with for ``profile``."""
+    env = {**KERNEL_ENV, "PLURALIGN_ROOT": str(root)}
+    if profile == "cpu":
+        env.update(OFFLINE_ENV)
+    return env
+
+
+def run_notebook(
+    notebook: str | os.PathLike[str],
+    params_file: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+    output_root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Execute ``notebook``; return the path of the executed copy under ``results/notebooks``."""
+    import papermill
+
+    root = project_root()
+    notebook = Path(notebook).resolve()
+    if not notebook.is_file():
+        raise FileNotFoundError(f"{notebook}: notebook not found")
+    params_path = Path(params_file).resolve() if params_file else root / "params.yaml"
+    chosen = resolve_profile(read_params(params_path), profile)  # fail before starting a kernel
+    out_root = Path(output_root).resolve() if output_root else root
+    executed = ProjectPaths(out_root).executed_notebook(notebook.stem)
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    partial = executed.with_name(f".{executed.stem}.running.ipynb")
+
+    os.environ.update(kernel_environment(chosen, root))
+    papermill.execute_notebook(
+        str(notebook),
+        str(partial),
+        parameters={
+            "params_file": str(params_path),
+            "profile": chosen,
+            "output_root": str(out_root),
+        },
+        cwd=str(root),
+        progress_bar=sys.stderr.isatty(),
+    )
+    os.replace(partial, executed)
+    return executed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebook", help="path of the notebook to execute")
+    parser.add_argument("--params-file", help="params YAML (default: <root>/params.yaml)")
+    parser.add_argument("--profile", choices=["cpu", "paper"], help="override params' profile")
+    parser.add_argument("--output-root", help="write models/ and results/ under this folder")
+    args = parser.parse_args(argv)
+    try:
+        executed = run_notebook(args.notebook, args.params_file, args.profile, args.output_root)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"executed notebook: {executed}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
