@@ -41,6 +41,7 @@ TINY_PARAMS = {
     "sentiment_judge": {
         "seed": 0,
         "max_length": 32,
+        "eval_max_length": 64,
         "warmup_ratio": 0.1,
         "eval_batch_size": 16,
         "cpu": {

@@ -149,6 +149,9 @@ class SentimentJudgeConfig(StageConfig):
     ``lvwerra/distilbert-imdb`` (evaluated only, when ``max_steps`` is 0)."""
     imdb: str
     max_length: int
+    """Training truncation (cost is ~linear in it on CPU)."""
+    eval_max_length: int
+    """Evaluation truncation: a review's verdict is often in its last sentences."""
     train_imdb: int
     train_rotten_tomatoes: int
     eval_imdb: int
@@ -164,6 +167,12 @@ class SentimentJudgeConfig(StageConfig):
 STAGES: dict[str, type[StageConfig]] = {
     "policy_pretrain": PolicyPretrainConfig,
     "sentiment_judge": SentimentJudgeConfig,
+}
+
+#: DVC stage (= notebook file stem) -> the params section it reads.
+NOTEBOOK_SECTIONS: dict[str, str] = {
+    "00_policy_pretrain": "policy_pretrain",
+    "00_sentiment_judge": "sentiment_judge",
 }
 
 

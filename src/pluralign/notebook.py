@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pluralign.config import ProjectPaths, StageConfig, load_stage_config, project_root
+from pluralign.config import (
+    NOTEBOOK_SECTIONS,
+    ProjectPaths,
+    StageConfig,
+    load_stage_config,
+    project_root,
+)
 from pluralign.plotting import set_theme
 from pluralign.runlog import set_seed, write_json_atomic, write_manifest
 
@@ -34,13 +40,12 @@ class Stage:
 
 def start_stage(
     name: str,
-    section: str,
     params_file: str | os.PathLike[str] | None = None,
     profile: str | None = None,
     output_root: str | os.PathLike[str] | None = None,
 ) -> Stage:
-    """Load ``section`` of the params for ``profile``, seed, theme; paths under ``output_root``."""
-    config = load_stage_config(section, params_file, profile)
+    """Load the stage's params section for ``profile``, seed, theme; paths under ``output_root``."""
+    config = load_stage_config(NOTEBOOK_SECTIONS[name], params_file, profile)
     set_seed(config.seed)
     set_theme()
     root = Path(output_root) if output_root else project_root()

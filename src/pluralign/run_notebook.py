@@ -15,7 +15,15 @@ import os
 import sys
 from pathlib import Path
 
-from pluralign.config import ConfigError, ProjectPaths, project_root, read_params, resolve_profile
+from pluralign.config import (
+    NOTEBOOK_SECTIONS,
+    ConfigError,
+    ProjectPaths,
+    load_stage_config,
+    project_root,
+    read_params,
+    resolve_profile,
+)
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # Notebook stream outputs keep every tqdm redraw: keep bars coarse in executed copies.
@@ -44,7 +52,9 @@ def run_notebook(
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: notebook not found")
     params_path = Path(params_file).resolve() if params_file else root / "params.yaml"
-    chosen = resolve_profile(read_params(params_path), profile)  # fail before starting a kernel
+    chosen = resolve_profile(read_params(params_path), profile)
+    if notebook.stem in NOTEBOOK_SECTIONS:  # a bad param fails here, before any kernel starts
+        load_stage_config(NOTEBOOK_SECTIONS[notebook.stem], params_path, chosen)
     out_root = Path(output_root).resolve() if output_root else root
     executed = ProjectPaths(out_root).executed_notebook(notebook.stem)
     executed.parent.mkdir(parents=True, exist_ok=True)

@@ -190,7 +190,7 @@ def train_and_evaluate(cfg: SentimentJudgeConfig, model_dir: str | Path) -> Judg
     else:
         model, log_history, seconds = load_sequence_classifier(base), [], 0.0
 
-    judge = SentimentJudge(model, tokenizer, cfg.max_length, cfg.eval_batch_size)
+    judge = SentimentJudge(model, tokenizer, cfg.eval_max_length, cfg.eval_batch_size)
     accuracy, vader = {}, {}
     for name, (texts, labels) in splits.eval_sets.items():
         truth = np.asarray(labels)
