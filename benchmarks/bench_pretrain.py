@@ -45,9 +45,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--block-size", type=int, default=128)
     args = parser.parse_args()
-    vocabs = {"full BPE (50,258)": len(load_gpt2_tokenizer()), "8,000 merges": len(load_gpt2_tokenizer(max_merges=8000))}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"batch {args.batch_size} x {args.block_size} tokens\n")
+    vocabs = {
+        "full BPE (50,258)": len(load_gpt2_tokenizer()),
+        "8,000 merges": len(load_gpt2_tokenizer(max_merges=8000)),
+    }
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"batch {args.batch_size} x {args.block_size} tokens\n"
+    )
     print("| vocabulary | precision | tokens/s |\n|---|---|---|")
     for name, vocab in vocabs.items():
         for bf16 in (False, True):

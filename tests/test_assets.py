@@ -109,7 +109,9 @@ def tiny_model_dir(tmp_path: Path) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=300, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    )
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     return folder
@@ -142,7 +144,7 @@ def test_corrupt_model_folder_names_the_file(tiny_model_dir: Path, corrupt, mess
 
 
 def test_missing_model_folder_says_which_stage(tmp_path: Path) -> None:
-    with pytest.raises(AssetError, match="model folder not found.*dvc repro"):
+    with pytest.raises(AssetError, match=r"model folder not found.*dvc repro"):
         check_model_dir(tmp_path / "absent")
 
 

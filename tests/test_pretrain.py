@@ -103,7 +103,9 @@ def test_paper_profile_loads_a_local_gpt2_standin(tiny_params: Path, tmp_path: P
     from transformers import GPT2Config, GPT2LMHeadModel
 
     standin = tmp_path / "gpt2-standin"
-    GPT2LMHeadModel(GPT2Config(vocab_size=600, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(standin)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=600, n_positions=64, n_embd=32, n_layer=1, n_head=2)
+    ).save_pretrained(standin)
     cfg = dataclasses.replace(
         load_stage_config("policy_pretrain", tiny_params), init_from=str(standin), max_steps=2
     )

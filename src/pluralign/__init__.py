@@ -1,4 +1,4 @@
-"""pluralign: social-choice-aware RLHF — clone-robust reward learning, MaxMin-RLHF, inverse alignment.
+"""pluralign: social-choice-aware RLHF (clone-robust rewards, MaxMin-RLHF, inverse alignment).
 
 Importing the package has no side effects (no seeding, no logging setup, no hub access).
 """

@@ -9,10 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg", force=False)  # headless under papermill/DVC; notebooks may override
 
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import seaborn as sns
 
-from pluralign.runlog import atomic_path  # noqa: E402
+from pluralign.runlog import atomic_path
 
 #: Colours fixed per role so a group keeps its colour across notebooks.
 PALETTE = sns.color_palette("colorblind")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from pluralign.assets import load_causal_lm, load_gpt2_tokenizer, load_imdb
 from pluralign.config import PolicyPretrainConfig
-from pluralign.runlog import save_dir_atomic
+from pluralign.runlog import save_dir_atomic, use_text_progress
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -60,9 +60,7 @@ def prepare_documents(
 def pack_blocks(tokenizer, docs: Sequence[str], block_size: int) -> torch.Tensor:
     """Tokenize, end each document with EOS, concatenate and cut into (n, block_size)."""
     ids = tokenizer(list(docs), add_special_tokens=False)["input_ids"]
-    stream = np.fromiter(
-        (t for doc in ids for t in (*doc, tokenizer.eos_token_id)), dtype=np.int64
-    )
+    stream = np.fromiter((t for doc in ids for t in (*doc, tokenizer.eos_token_id)), dtype=np.int64)
     n_blocks = len(stream) // block_size
     if n_blocks == 0:
         raise ValueError(f"{len(stream)} tokens do not fill one block of {block_size}")
@@ -177,6 +175,7 @@ def train_lm(model, tokenizer, train_blocks, eval_blocks, cfg: PolicyPretrainCon
         eval_dataset=_lm_dataset(eval_blocks[: max(1, min(len(eval_blocks), 4 * cfg.batch_size))]),
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
     )
+    use_text_progress(trainer)
     trainer.train()
     return trainer
 
@@ -215,7 +214,9 @@ def sample_continuations(
         batch = [list(p) for p in prompts[start : start + batch_size]]
         width = max(len(p) for p in batch)
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch])
-        mask = (torch.arange(width)[None, :] >= (width - torch.tensor([len(p) for p in batch]))[:, None]).long()
+        mask = (
+            torch.arange(width)[None, :] >= (width - torch.tensor([len(p) for p in batch]))[:, None]
+        ).long()
         out = model.generate(
             input_ids=ids.to(model.device),
             attention_mask=mask.to(model.device),
@@ -252,9 +253,7 @@ def train_and_evaluate(cfg: PolicyPretrainConfig, model_dir: str | Path) -> Pret
         reviews.select(train_idx)["text"], cfg.short_doc_fraction, cfg.short_max_sentences, rng
     )
     eval_texts = reviews.select(eval_idx)["text"]
-    eval_docs = prepare_documents(
-        eval_texts, cfg.short_doc_fraction, cfg.short_max_sentences, rng
-    )
+    eval_docs = prepare_documents(eval_texts, cfg.short_doc_fraction, cfg.short_max_sentences, rng)
     train_blocks = pack_blocks(tokenizer, train_docs, cfg.block_size)
     eval_blocks = pack_blocks(tokenizer, eval_docs, cfg.block_size)
 
@@ -266,7 +265,9 @@ def train_and_evaluate(cfg: PolicyPretrainConfig, model_dir: str | Path) -> Pret
     eval_loss = heldout_loss(model, eval_blocks, cfg.batch_size)
     # Bits per character do not depend on the tokenizer, so truncated and full BPE compare.
     eval_chars = sum(len(d) + 1 for d in eval_docs)  # +1: EOS stands for the document break
-    eval_tokens = sum(len(t) + 1 for t in tokenizer(eval_docs, add_special_tokens=False)["input_ids"])
+    eval_tokens = sum(
+        len(t) + 1 for t in tokenizer(eval_docs, add_special_tokens=False)["input_ids"]
+    )
     bits_per_char = eval_loss / math.log(2) * eval_tokens / eval_chars
 
     prompts = make_prompts(tokenizer, eval_texts[: cfg.n_eval_prompts], cfg.prompt_tokens)

@@ -70,7 +70,10 @@ def run_notebook(
             "output_root": str(out_root),
         },
         cwd=str(root),
-        progress_bar=sys.stderr.isatty(),
+        progress_bar=False,
+        # Stream the kernel's prints and (coarse, TQDM_MININTERVAL) progress bars to the console.
+        stdout_file=sys.stdout,
+        stderr_file=sys.stderr,
     )
     os.replace(partial, executed)
     return executed

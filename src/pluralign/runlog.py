@@ -72,6 +72,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
     try:
         yield tmp
         os.replace(tmp, target)
@@ -183,3 +186,18 @@ def write_manifest(
     path: str | os.PathLike[str], stage: str, config: Any, root: str | os.PathLike[str]
 ) -> Path:
     return write_json_atomic(path, run_manifest(stage, config, root))
+
+
+def use_text_progress(trainer) -> None:
+    """Give a ``transformers.Trainer`` a plain tqdm bar even inside a Jupyter kernel.
+
+    Under papermill the kernel counts as a notebook, so the Trainer draws an HTML widget
+    that ``dvc repro`` never shows; the text bar reaches the console (papermill streams the
+    kernel's stderr) and stays coarse in the executed copy (``TQDM_MININTERVAL``).
+    """
+    from transformers.trainer_callback import ProgressCallback
+    from transformers.utils.notebook import NotebookProgressCallback
+
+    trainer.remove_callback(NotebookProgressCallback)
+    if not any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.add_callback(ProgressCallback)

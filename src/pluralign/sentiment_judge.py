@@ -30,7 +30,7 @@ from pluralign.assets import (
     vader_compound,
 )
 from pluralign.config import SentimentJudgeConfig
-from pluralign.runlog import save_dir_atomic
+from pluralign.runlog import save_dir_atomic, use_text_progress
 
 PACKAGED_MINILM = "packaged-minilm"
 LABELS = {0: "NEGATIVE", 1: "POSITIVE"}
@@ -167,6 +167,7 @@ def fine_tune(model, tokenizer, texts, labels, cfg: SentimentJudgeConfig, workdi
         train_dataset=data,
         data_collator=DataCollatorWithPadding(tokenizer),
     )
+    use_text_progress(trainer)
     trainer.train()
     return trainer
 
