@@ -1,9 +1,12 @@
-"""Regenerate the README's results table from results/metrics/*.json.
+"""Regenerate the README's results and timing tables from results/.
+
+The results table comes from ``results/metrics/*.json``; the timing table from the
+papermill metadata (wall-clock duration) of the executed notebooks in ``results/notebooks/``.
 
     python scripts/update_readme.py          # rewrite the table in README.md
     python scripts/update_readme.py --check  # exit 1 if the README is stale (used by tests)
 
-The table sits between two marker comments; everything else in the README is untouched.
+Each table sits between two marker comments; everything else in the README is untouched.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def _fmt(value: object) -> str:
@@ -34,12 +36,23 @@ def results_table(metrics_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def render(readme: str, table: str) -> str:
-    if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"README.md lacks the markers {BEGIN} ... {END}")
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+def timings_table(notebooks_dir: Path) -> str:
+    """Wall time of each executed notebook, as papermill recorded it."""
+    lines = ["| stage | wall time (s) | finished (UTC) |", "|---|---|---|"]
+    for path in sorted(notebooks_dir.glob("*.ipynb")):
+        meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("papermill", {})
+        finished = str(meta.get("end_time", ""))[:16].replace("T", " ")
+        lines.append(f"| {path.stem} | {meta.get('duration', float('nan')):.0f} | {finished} |")
+    return "\n".join(lines)
+
+
+def render(readme: str, name: str, table: str) -> str:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in readme or end not in readme:
+        raise SystemExit(f"README.md lacks the markers {begin} ... {end}")
+    head, rest = readme.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     readme_path = ROOT / "README.md"
     readme = readme_path.read_text(encoding="utf-8")
-    updated = render(readme, results_table(ROOT / "results" / "metrics"))
+    updated = render(readme, "results", results_table(ROOT / "results" / "metrics"))
+    updated = render(updated, "timings", timings_table(ROOT / "results" / "notebooks"))
     if args.check:
         if updated != readme:
-            print("README.md results table is stale: run python scripts/update_readme.py")
+            print("README.md tables are stale: run python scripts/update_readme.py")
             return 1
         return 0
     if updated != readme:

@@ -151,3 +151,28 @@ def test_missing_model_folder_says_which_stage(tmp_path: Path) -> None:
 def test_config_json_is_data_not_code(tiny_model_dir: Path) -> None:
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert "auto_map" not in config  # nothing here would need trust_remote_code
+
+
+def test_use_offline_hub_stops_an_already_imported_hub(tmp_path: Path) -> None:
+    """A notebook opened by hand has no offline env; the cpu profile must still not fetch."""
+    import os
+    import subprocess
+    import sys
+
+    guard = Path(__file__).resolve().parent / "netguard"
+    log = tmp_path / "net.log"
+    code = (
+        "import huggingface_hub\n"
+        "from pluralign.assets import use_offline_hub\n"
+        "use_offline_hub()\n"
+        "try:\n"
+        "    huggingface_hub.hf_hub_download('gpt2', 'config.json', cache_dir=r'%s')\n"
+        "except Exception as err:\n"
+        "    print(type(err).__name__)\n" % tmp_path
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    env.update(PYTHONPATH=str(guard), NETGUARD_LOG=str(log))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Error" in proc.stdout
+    assert not log.exists(), log.read_text()  # refused before any connection attempt

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,30 @@ PACKAGED = "packaged"
 PAD_TOKEN = "[PAD]"
 EOS_TOKEN = "<|endoftext|>"
 N_BYTE_TOKENS = 256  # GPT-2 ids 0..255 are the byte alphabet; id 256 + k is merge k
+
+
+#: Environment that keeps huggingface_hub, transformers and datasets off the network.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def use_offline_hub() -> None:
+    """Switch the Hugging Face libraries offline, even if they were imported already.
+
+    ``huggingface_hub`` reads ``HF_HUB_OFFLINE`` once at import, so setting the variable is
+    enough only for processes started afterwards (the runner does that for the kernel); a
+    notebook opened by hand in JupyterLab may have imported it already, hence the patch.
+    """
+    import sys
+
+    os.environ.update(OFFLINE_ENV)
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.constants
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+    if "datasets" in sys.modules:
+        import datasets.config
+
+        datasets.config.HF_HUB_OFFLINE = True
 
 
 class AssetError(RuntimeError):

@@ -245,7 +245,9 @@ def _check_known_keys(cls: type, values: dict[str, Any], where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
-            raise ConfigError(f"{where}.{key}: unknown key (known keys: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{where}.{key}: unknown key (known keys: {', '.join(sorted(known))})"
+            )
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

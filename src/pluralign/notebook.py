@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pluralign.assets import use_offline_hub
 from pluralign.config import (
     NOTEBOOK_SECTIONS,
     ProjectPaths,
@@ -46,6 +47,8 @@ def start_stage(
 ) -> Stage:
     """Load the stage's params section for ``profile``, seed, theme; paths under ``output_root``."""
     config = load_stage_config(NOTEBOOK_SECTIONS[name], params_file, profile)
+    if config.profile == "cpu":
+        use_offline_hub()
     set_seed(config.seed)
     set_theme()
     root = Path(output_root) if output_root else project_root()

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from pluralign.assets import OFFLINE_ENV
 from pluralign.config import (
     NOTEBOOK_SECTIONS,
     ConfigError,
@@ -25,7 +26,6 @@ from pluralign.config import (
     resolve_profile,
 )
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 # Notebook stream outputs keep every tqdm redraw: keep bars coarse in executed copies.
 KERNEL_ENV = {"TQDM_MININTERVAL": "20", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
 
