@@ -166,9 +166,9 @@ def test_use_offline_hub_stops_an_already_imported_hub(tmp_path: Path) -> None:
         "from pluralign.assets import use_offline_hub\n"
         "use_offline_hub()\n"
         "try:\n"
-        "    huggingface_hub.hf_hub_download('gpt2', 'config.json', cache_dir=r'%s')\n"
+        f"    huggingface_hub.hf_hub_download('gpt2', 'config.json', cache_dir=r'{tmp_path}')\n"
         "except Exception as err:\n"
-        "    print(type(err).__name__)\n" % tmp_path
+        "    print(type(err).__name__)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
     env.update(PYTHONPATH=str(guard), NETGUARD_LOG=str(log))
