@@ -20,7 +20,15 @@ from pluralign.assets import load_gpt2_tokenizer
 
 def tokens_per_second(vocab: int, bf16: bool, steps: int, batch: int, block: int) -> float:
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=vocab, n_positions=block, n_embd=256, n_layer=4, n_head=4)
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_positions=block,
+        n_embd=256,
+        n_layer=4,
+        n_head=4,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     model = GPT2LMHeadModel(config)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, vocab, (batch, block))

@@ -115,3 +115,16 @@ def test_paper_profile_loads_a_local_gpt2_standin(tiny_params: Path, tmp_path: P
     assert model.config.pad_token_id == tok.pad_token_id
     result = train_and_evaluate(cfg, tmp_path / "policy")
     assert np.isfinite(result.eval_loss)
+
+
+def test_left_padding_does_not_change_continuations() -> None:
+    """Mixed prompt lengths in one batch give what each prompt gives alone (near-greedy)."""
+    cfg = load_stage_config("policy_pretrain", None, "cpu")
+    tok = load_gpt2_tokenizer(max_merges=500)
+    cfg = dataclasses.replace(cfg, n_layer=2, n_embd=32, n_head=2, block_size=32)
+    torch.manual_seed(0)
+    model = build_policy(cfg, tok)
+    prompts = [[tok.eos_token_id, 40, 41], [tok.eos_token_id, 300, 301, 302, 303, 304, 305]]
+    together = sample_continuations(model, tok, prompts, 6, temperature=1e-4, seed=0)
+    alone = [sample_continuations(model, tok, [p], 6, temperature=1e-4, seed=0)[0] for p in prompts]
+    assert together == alone

@@ -212,14 +212,11 @@ def sample_continuations(
     rows = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="sampling", mininterval=5):
         batch = [list(p) for p in prompts[start : start + batch_size]]
-        width = max(len(p) for p in batch)
-        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch])
-        mask = (
-            torch.arange(width)[None, :] >= (width - torch.tensor([len(p) for p in batch]))[:, None]
-        ).long()
+        padded = tokenizer.pad({"input_ids": batch}, return_tensors="pt")  # left padding
+        width = padded["input_ids"].shape[1]
         out = model.generate(
-            input_ids=ids.to(model.device),
-            attention_mask=mask.to(model.device),
+            input_ids=padded["input_ids"].to(model.device),
+            attention_mask=padded["attention_mask"].to(model.device),
             do_sample=True,
             temperature=temperature,
             top_k=0,
