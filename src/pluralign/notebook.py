@@ -22,7 +22,7 @@ from pluralign.config import (
     project_root,
 )
 from pluralign.plotting import set_theme
-from pluralign.runlog import set_seed, write_json_atomic, write_manifest
+from pluralign.runlog import run_manifest, set_seed, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,15 @@ class Stage:
     config: StageConfig
     paths: ProjectPaths
 
-    def finish(self, metrics: dict[str, Any]) -> Path:
-        """Write ``results/metrics/<stage>.json`` and ``results/manifests/<stage>.json``."""
-        write_manifest(self.paths.manifest(self.name), self.name, self.config, project_root())
+    def finish(self, metrics: dict[str, Any], timings: dict[str, float] | None = None) -> Path:
+        """Write ``results/metrics/<stage>.json`` and ``results/manifests/<stage>.json``.
+
+        ``metrics`` must be a function of the params alone (same params, same metrics);
+        wall-clock numbers such as tokens/s go to ``timings``, kept in the run manifest.
+        """
+        manifest = run_manifest(self.name, self.config, project_root())
+        manifest["timings"] = timings or {}
+        write_json_atomic(self.paths.manifest(self.name), manifest)
         return write_json_atomic(self.paths.metrics(self.name), metrics)
 
 

@@ -182,12 +182,6 @@ def run_manifest(stage: str, config: Any, root: str | os.PathLike[str]) -> dict[
     }
 
 
-def write_manifest(
-    path: str | os.PathLike[str], stage: str, config: Any, root: str | os.PathLike[str]
-) -> Path:
-    return write_json_atomic(path, run_manifest(stage, config, root))
-
-
 def use_text_progress(trainer) -> None:
     """Give a ``transformers.Trainer`` a plain tqdm bar even inside a Jupyter kernel.
 
