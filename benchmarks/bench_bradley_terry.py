@@ -25,12 +25,21 @@ from pluralign.bradley_terry import fit_bt, win_matrix
 
 
 def make_data(m: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` BT draws on random pairs, plus a 2m-comparison cycle (i beats i+1 and loses to it).
+
+    The cycle makes the comparison graph strongly connected, so the unregularized MLE exists
+    even at 20 comparisons per alternative (m = 5,000, n = 1e5), where random data often
+    leave an alternative that never lost.
+    """
     rng = np.random.default_rng(seed)
     scores = rng.normal(size=m)
     i = rng.integers(0, m, n)
     j = (i + rng.integers(1, m, n)) % m  # (n,), j != i
     i_wins = rng.uniform(size=n) < 1.0 / (1.0 + np.exp(scores[j] - scores[i]))
-    return np.where(i_wins, i, j), np.where(i_wins, j, i)
+    ring, nxt = np.arange(m), (np.arange(m) + 1) % m
+    winners = np.concatenate([np.where(i_wins, i, j), ring, nxt])
+    losers = np.concatenate([np.where(i_wins, j, i), nxt, ring])
+    return winners, losers
 
 
 def _child(fn: Callable[[], np.ndarray], conn) -> None:

@@ -246,3 +246,26 @@ def test_fit_rejects_bad_input(kwargs, match):
 def test_win_matrix_rejects_bad_input(args, match):
     with pytest.raises(ValueError, match=match):
         win_matrix(np.asarray(args[0]), np.asarray(args[1]), args[2])
+
+
+@pytest.mark.parametrize(("lam", "weighted"), [(0.0, False), (0.5, False), (0.5, True)])
+def test_sparse_cg_path_solves_the_dense_problem(lam: float, weighted: bool) -> None:
+    """m = 600 with few compared pairs takes fit_bt's sparse-CG path; check it against the
+    dense gradient (the public reference) and, unweighted at lam = 0, against choix."""
+    m, n = 600, 6000
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=m)
+    i = rng.integers(0, m, n)
+    j = (i + rng.integers(1, m, n)) % m
+    i_wins = rng.uniform(size=n) < 1.0 / (1.0 + np.exp(scores[j] - scores[i]))
+    ring, nxt = np.arange(m), (np.arange(m) + 1) % m  # strongly connected
+    win = np.concatenate([np.where(i_wins, i, j), ring, nxt])
+    los = np.concatenate([np.where(i_wins, j, i), nxt, ring])
+    P = win_matrix(win, los, m)
+    w = rng.uniform(0.2, 2.0, size=m) if weighted else None
+    r = fit_bt(P, lam, w)
+    g = gradient(r, P, lam, w)
+    assert np.max(np.abs(g)) < 1e-8 * np.abs(P).sum() / m
+    if lam == 0 and not weighted:
+        ref = choix.ilsr_pairwise(m, list(zip(win, los, strict=True)), tol=1e-13, max_iter=10_000)
+        np.testing.assert_allclose(r - r.mean(), ref - ref.mean(), atol=1e-6)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse
+import scipy.sparse.linalg
 from numpy.typing import ArrayLike, NDArray
 from scipy.sparse.csgraph import connected_components
 from scipy.special import expit
@@ -97,6 +99,91 @@ def _hessian(r: FloatArray, A: FloatArray, lam: float, w: FloatArray) -> FloatAr
     H = np.negative(B, out=B)
     H[np.diag_indices_from(H)] = diag
     return H
+
+
+class _Edges:
+    """The data term over compared pairs only: ``fit_bt``'s fast path.
+
+    Real comparison data touch few of the m^2 pairs, and every evaluation of the dense
+    functions above costs m^2 exponentials. Here each unordered pair {i, j} with
+    ``A[i, j] + A[j, i] > 0`` is stored once, so objective, gradient and Hessian cost O(E)
+    (plus the dense (k, k) Hessian that Cholesky needs). The dense functions stay the
+    reference these are tested against (through ``fit_bt``).
+    """
+
+    def __init__(self, A: FloatArray) -> None:
+        i, j = np.nonzero(np.triu(A + A.T, k=1))  # (E,), i < j
+        self.i, self.j, self.k = i, j, A.shape[0]
+        self.a_ij, self.a_ji = A[i, j], A[j, i]  # i beat j / j beat i (weighted)
+        self.n = self.a_ij + self.a_ji
+
+    def objective(self, r: FloatArray, lam: float, w: FloatArray) -> float:
+        x = r[self.i] - r[self.j]  # (E,)
+        nll = self.a_ij @ np.logaddexp(0.0, -x) + self.a_ji @ np.logaddexp(0.0, x)
+        return float(nll + 0.5 * lam * np.dot(w, r * r))
+
+    def gradient(self, r: FloatArray, lam: float, w: FloatArray) -> FloatArray:
+        x = r[self.i] - r[self.j]
+        e = self.a_ji * expit(x) - self.a_ij * expit(-x)  # d f / d r_i for each edge
+        return np.bincount(self.i, e, self.k) - np.bincount(self.j, e, self.k) + lam * w * r
+
+    def sparse_hessian(self, r: FloatArray, lam: float, w: FloatArray):
+        """The same Hessian as a CSR matrix: a weighted graph Laplacian plus ``lam diag(w)``."""
+        x = r[self.i] - r[self.j]
+        h = self.n * expit(x) * expit(-x)
+        diag = np.bincount(self.i, h, self.k) + np.bincount(self.j, h, self.k) + lam * w
+        rows = np.concatenate([self.i, self.j, np.arange(self.k)])
+        cols = np.concatenate([self.j, self.i, np.arange(self.k)])
+        vals = np.concatenate([-h, -h, diag])
+        return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(self.k, self.k))
+
+    @property
+    def sparse(self) -> bool:
+        """Use sparse CG when the Laplacian is large and mostly empty (dense Cholesky is k^3)."""
+        return self.k >= 500 and 2 * self.i.size < 0.5 * self.k**2
+
+    def hessian(self, r: FloatArray, lam: float, w: FloatArray) -> FloatArray:
+        x = r[self.i] - r[self.j]
+        h = self.n * expit(x) * expit(-x)  # (E,)
+        H = np.zeros((self.k, self.k))
+        H[self.i, self.j] = -h  # pairs are unique, so plain assignment is exact
+        H[self.j, self.i] = -h
+        H[np.diag_indices(self.k)] = (
+            np.bincount(self.i, h, self.k) + np.bincount(self.j, h, self.k) + lam * w
+        )
+        return H
+
+
+def _newton_direction(
+    edges: _Edges, r: FloatArray, g: FloatArray, lam: float, w: FloatArray
+) -> FloatArray:
+    """Solve ``H d = -g``; for ``lam = 0`` with ``H + c u u^T`` (u = 1 / sqrt(k)).
+
+    Shifts ``r -> r + c 1`` leave the ``lam = 0`` objective unchanged, so ``H 1 = 0`` and
+    ``1.g = 0``; the rank-one term makes H positive definite and keeps ``1.d = 0``. Large
+    sparse problems use Jacobi-preconditioned CG on the sparse Laplacian (random comparison
+    graphs are well conditioned); otherwise, or if CG stalls, dense Cholesky.
+    """
+    k = r.size
+    if edges.sparse:
+        H = edges.sparse_hessian(r, lam, w)
+        diag = H.diagonal()
+        shift = diag.mean() / k if lam == 0 else 0.0
+        op = scipy.sparse.linalg.LinearOperator(
+            (k, k), matvec=lambda v: H @ v + shift * v.sum(), dtype=np.float64
+        )
+        pre = scipy.sparse.linalg.LinearOperator((k, k), matvec=lambda v: v / (diag + shift))
+        d, info = scipy.sparse.linalg.cg(op, -g, rtol=1e-13, atol=0.0, maxiter=20 * k, M=pre)
+        if info == 0:
+            return d
+    H = edges.hessian(r, lam, w)
+    if lam == 0:
+        H += H.diagonal().mean() / k  # + c u u^T with u = 1 / sqrt(k), done in place
+    s = 1.0 / np.sqrt(H.diagonal())  # Jacobi scaling keeps Cholesky accurate for tiny w_k
+    H *= s[:, None]
+    H *= s[None, :]
+    c = scipy.linalg.cho_factor(H, overwrite_a=True, check_finite=False)
+    return -s * scipy.linalg.cho_solve(c, s * g, check_finite=False)  # (k,)
 
 
 def objective(r: ArrayLike, P: ArrayLike, lam: float, weights: ArrayLike | None = None) -> float:
@@ -277,18 +364,12 @@ def fit_bt(
         # Shifts r -> r + c 1 leave f unchanged, so H 1 = 0 and 1.g = 0. Adding a rank-one
         # term c u u^T along u = 1 / sqrt(k) makes H positive definite and keeps the Newton
         # step d in the subspace 1.d = 0.
+    edges = _Edges(A)
     r = np.zeros(k)
-    f = _objective(r, A, lam, w)
+    f = edges.objective(r, lam, w)
     for _ in range(max_iter if k > 1 else 0):  # one alternative: f has no data term, r = 0
-        g = _gradient(r, A, lam, w)
-        H = _hessian(r, A, lam, w)
-        if lam == 0:
-            H += H.diagonal().mean() / k  # + c u u^T with u = 1 / sqrt(k), done in place
-        s = 1.0 / np.sqrt(H.diagonal())  # Jacobi scaling keeps Cholesky accurate for tiny w_k
-        H *= s[:, None]
-        H *= s[None, :]
-        c = scipy.linalg.cho_factor(H, overwrite_a=True, check_finite=False)
-        d = -s * scipy.linalg.cho_solve(c, s * g, check_finite=False)  # (k,)
+        g = edges.gradient(r, lam, w)
+        d = _newton_direction(edges, r, g, lam, w)
         if np.max(np.abs(d), initial=0.0) <= tol:
             r = r + d
             break
@@ -296,7 +377,7 @@ def fit_bt(
         t = 1.0
         while True:
             r_new = r + t * d
-            f_new = _objective(r_new, A, lam, w)
+            f_new = edges.objective(r_new, lam, w)
             # Accept a full step once the predicted decrease is below round-off in f.
             if f_new <= f + 1e-4 * t * slope or -slope <= 1e-13 * (1.0 + abs(f)):
                 break
