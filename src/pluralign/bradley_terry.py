@@ -20,6 +20,8 @@ is weighted-centred; for ``lam = 0`` we pick that same gauge, the ``lam -> 0+`` 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse
@@ -106,25 +108,30 @@ class _Edges:
 
     Real comparison data touch few of the m^2 pairs, and every evaluation of the dense
     functions above costs m^2 exponentials. Here each unordered pair {i, j} with
-    ``A[i, j] + A[j, i] > 0`` is stored once, so objective, gradient and Hessian cost O(E)
-    (plus the dense (k, k) Hessian that Cholesky needs). The dense functions stay the
-    reference these are tested against (through ``fit_bt``).
+    ``A[i, j] + A[j, i] > 0`` is stored once, so objective and gradient cost O(E) and the
+    Hessian is a sparse graph Laplacian (CSR, for CG) or, for small k, a dense matrix (for
+    Cholesky). The dense functions above stay the reference these are tested against.
     """
 
-    def __init__(self, A: FloatArray) -> None:
-        i, j = np.nonzero(np.triu(A + A.T, k=1))  # (E,), i < j
-        self.i, self.j, self.k = i, j, A.shape[0]
-        self.a_ij, self.a_ji = A[i, j], A[j, i]  # i beat j / j beat i (weighted)
+    def __init__(self, src: NDArray[np.intp], dst: NDArray[np.intp], a: FloatArray, k: int):
+        """``a[e]`` = weighted wins of ``src[e]`` over ``dst[e]`` (ordered, no self-pairs)."""
+        lo, hi = np.minimum(src, dst), np.maximum(src, dst)
+        pairs, slot = np.unique(lo * k + hi, return_inverse=True)  # unordered pairs, (E,)
+        forward = src < dst  # the win counts for lo beating hi
+        self.i, self.j, self.k = pairs // k, pairs % k, k
+        self.a_ij = np.bincount(slot, np.where(forward, a, 0.0), pairs.size)  # i beat j
+        self.a_ji = np.bincount(slot, np.where(forward, 0.0, a), pairs.size)  # j beat i
         self.n = self.a_ij + self.a_ji
 
     def objective(self, r: FloatArray, lam: float, w: FloatArray) -> float:
         x = r[self.i] - r[self.j]  # (E,)
-        nll = self.a_ij @ np.logaddexp(0.0, -x) + self.a_ji @ np.logaddexp(0.0, x)
+        # -log sigma(x) = softplus(-x) and -log sigma(-x) = softplus(-x) + x: one exp per pair.
+        nll = self.n @ np.logaddexp(0.0, -x) + self.a_ji @ x
         return float(nll + 0.5 * lam * np.dot(w, r * r))
 
     def gradient(self, r: FloatArray, lam: float, w: FloatArray) -> FloatArray:
         x = r[self.i] - r[self.j]
-        e = self.a_ji * expit(x) - self.a_ij * expit(-x)  # d f / d r_i for each edge
+        e = self.n * expit(x) - self.a_ij  # d f / d r_i per edge: a_ji s(x) - a_ij s(-x)
         return np.bincount(self.i, e, self.k) - np.bincount(self.j, e, self.k) + lam * w * r
 
     def sparse_hessian(self, r: FloatArray, lam: float, w: FloatArray):
@@ -132,15 +139,23 @@ class _Edges:
         x = r[self.i] - r[self.j]
         h = self.n * expit(x) * expit(-x)
         diag = np.bincount(self.i, h, self.k) + np.bincount(self.j, h, self.k) + lam * w
+        order, indices, indptr = self._csr_pattern
+        vals = np.concatenate([-h, -h, diag])[order]
+        return scipy.sparse.csr_matrix((vals, indices, indptr), shape=(self.k, self.k))
+
+    @functools.cached_property
+    def _csr_pattern(self) -> tuple[NDArray[np.intp], NDArray[np.int32], NDArray[np.int32]]:
+        """CSR layout of (off-diagonal pairs, both ways; diagonal), computed once per fit."""
         rows = np.concatenate([self.i, self.j, np.arange(self.k)])
         cols = np.concatenate([self.j, self.i, np.arange(self.k)])
-        vals = np.concatenate([-h, -h, diag])
-        return scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(self.k, self.k))
+        tag = np.arange(1, rows.size + 1, dtype=np.float64)  # 1-based: no explicit zeros
+        pattern = scipy.sparse.csr_matrix((tag, (rows, cols)), shape=(self.k, self.k))
+        return pattern.data.astype(np.intp) - 1, pattern.indices, pattern.indptr
 
     @property
     def sparse(self) -> bool:
-        """Use sparse CG when the Laplacian is large and mostly empty (dense Cholesky is k^3)."""
-        return self.k >= 500 and 2 * self.i.size < 0.5 * self.k**2
+        """Use CG on the sparse Laplacian once dense Cholesky (k^3 / 3 flops) dominates."""
+        return self.k >= 500
 
     def hessian(self, r: FloatArray, lam: float, w: FloatArray) -> FloatArray:
         x = r[self.i] - r[self.j]
@@ -314,9 +329,8 @@ def win_matrix(
     c = np.ones(win.shape) if weights is None else np.asarray(weights, dtype=np.float64)
     if c.shape != win.shape or not np.all(np.isfinite(c)) or np.any(c < 0):
         raise ValueError("weights must be finite, non-negative and match winners in length")
-    P = np.zeros((m, m))
-    np.add.at(P, (win, los), c)
-    return P
+    flat = np.bincount(win * m + los, weights=c, minlength=m * m)  # faster than np.add.at
+    return flat.reshape(m, m)
 
 
 def fit_bt(
@@ -328,9 +342,10 @@ def fit_bt(
 ) -> FloatArray:
     """Minimize :func:`objective` by damped Newton; returns rewards ``r``, shape (m,).
 
-    Newton (dense Cholesky, fine up to m ~ 5,000) with Armijo backtracking converges
-    quadratically, so stopping once the Newton step's max-norm is below ``tol`` leaves an error
-    far below ``tol``. Alternatives with weight 0 do not enter the objective and get ``r = 0``.
+    Newton over the compared pairs (each step by preconditioned CG on the sparse Laplacian
+    for m >= 500, dense Cholesky below) with Armijo backtracking converges quadratically, so
+    stopping once the Newton step's max-norm is below ``tol`` leaves an error far below ``tol``.
+    Alternatives with weight 0 do not enter the objective and get ``r = 0``.
     The result satisfies ``sum_k w_k r_k = 0``: automatically when ``lam > 0``, by choice of
     gauge when ``lam = 0`` (the objective is then shift-invariant).
 
@@ -351,20 +366,22 @@ def fit_bt(
         raise ValueError(f"tol must be > 0, got {tol}")
     act = np.flatnonzero(w_full > 0)
     w = w_full[act]
-    A = _pair_weights(P if act.size == m else P[np.ix_(act, act)], w)  # (k, k), active only
     k = act.size
+    Pa = P if k == m else P[np.ix_(act, act)]
+    src, dst = np.nonzero(Pa)  # ordered pairs with wins, (E',)
+    keep = src != dst  # self-comparisons carry no signal
+    src, dst = src[keep], dst[keep]
+    a = Pa[src, dst] * w[src] * w[dst]  # A[i, j] = w_i w_j P[i, j]
     if lam == 0:
-        n_comp, _ = connected_components(A > 0, directed=True, connection="strong")
+        graph = scipy.sparse.csr_matrix((np.ones(src.size), (src, dst)), shape=(k, k))
+        n_comp, _ = connected_components(graph, directed=True, connection="strong")
         if n_comp > 1:
             raise ValueError(
                 "no finite MLE with lam == 0: the comparison graph (edge i -> j when i beat j) "
                 f"is not strongly connected ({n_comp} strong components), so the data are "
                 "separable and some rewards diverge; use lam > 0 or add comparisons"
             )
-        # Shifts r -> r + c 1 leave f unchanged, so H 1 = 0 and 1.g = 0. Adding a rank-one
-        # term c u u^T along u = 1 / sqrt(k) makes H positive definite and keeps the Newton
-        # step d in the subspace 1.d = 0.
-    edges = _Edges(A)
+    edges = _Edges(src, dst, a, k)
     r = np.zeros(k)
     f = edges.objective(r, lam, w)
     for _ in range(max_iter if k > 1 else 0):  # one alternative: f has no data term, r = 0
