@@ -60,12 +60,17 @@ def test_split_reviews_is_disjoint_and_seeded() -> None:
         split_reviews(100, 90, 20, seed=1)
 
 
-def test_heldout_loss_matches_the_model_loss() -> None:
+def _tiny_policy(n_layer: int, block_size: int):
+    """A randomly initialised tiny policy and its 500-merge tokenizer."""
     cfg = load_stage_config("policy_pretrain", None, "cpu")
     tok = load_gpt2_tokenizer(max_merges=500)
-    cfg = dataclasses.replace(cfg, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    cfg = dataclasses.replace(cfg, n_layer=n_layer, n_embd=32, n_head=2, block_size=block_size)
     torch.manual_seed(0)
-    model = build_policy(cfg, tok)
+    return build_policy(cfg, tok), tok
+
+
+def test_heldout_loss_matches_the_model_loss() -> None:
+    model, _ = _tiny_policy(n_layer=1, block_size=16)
     blocks = torch.randint(0, 700, (6, 16))
     ours = heldout_loss(model, blocks, batch_size=4)  # two uneven batches
     with torch.no_grad():
@@ -119,11 +124,7 @@ def test_paper_profile_loads_a_local_gpt2_standin(tiny_params: Path, tmp_path: P
 
 def test_left_padding_does_not_change_continuations() -> None:
     """Mixed prompt lengths in one batch give what each prompt gives alone (near-greedy)."""
-    cfg = load_stage_config("policy_pretrain", None, "cpu")
-    tok = load_gpt2_tokenizer(max_merges=500)
-    cfg = dataclasses.replace(cfg, n_layer=2, n_embd=32, n_head=2, block_size=32)
-    torch.manual_seed(0)
-    model = build_policy(cfg, tok)
+    model, tok = _tiny_policy(n_layer=2, block_size=32)
     prompts = [[tok.eos_token_id, 40, 41], [tok.eos_token_id, 300, 301, 302, 303, 304, 305]]
     together = sample_continuations(model, tok, prompts, 6, temperature=1e-4, seed=0)
     alone = [sample_continuations(model, tok, [p], 6, temperature=1e-4, seed=0)[0] for p in prompts]
