@@ -122,6 +122,14 @@ def _prepare(
     for name, a in (("chosen", chosen), ("rejected", rejected)):
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{name} contains NaN or inf")
+    uidx, ids, c = prepare_users(users, n, alt_weights)
+    return chosen - rejected, uidx, ids, c
+
+
+def prepare_users(
+    users: ArrayLike, n: int, alt_weights: ArrayLike | None
+) -> tuple[IntArray, NDArray[Any], FloatArray]:
+    """Validate the user ids and weights of n comparisons: (user index (n,), ids, weights (n,))."""
     users = np.asarray(users)
     if users.ndim != 1:
         raise ValueError(f"users must be a 1-D array of user ids, got shape {users.shape}")
@@ -136,14 +144,36 @@ def _prepare(
             raise ValueError(f"alt_weights must have shape ({n},), got {c.shape}")
         if not np.all(np.isfinite(c)) or np.any(c < 0) or not np.any(c > 0):
             raise ValueError("alt_weights must be finite, non-negative and not all zero")
-    return chosen - rejected, uidx.astype(np.int64), ids, c
+    return uidx.astype(np.int64), ids, c
+
+
+def user_log_likelihoods(margins: FloatArray, uidx: IntArray, c: FloatArray, m: int) -> FloatArray:
+    """``S[h, u] = sum_{i in D_h} c_i log sigma(margins[i, u])``, shape (m, K).
+
+    ``margins[i, u] = r_u(y_w) - r_u(y_l)`` of comparison i under group u's reward, from any
+    reward model (linear here, neural in ``neural_mixture``); ``uidx`` maps rows to users 0..m-1.
+    """
+    L = log_sigmoid(margins)  # (n, K)
+    L *= c[:, None]
+    return np.stack([np.bincount(uidx, L[:, k], minlength=m) for k in range(L.shape[1])], 1)
 
 
 def _user_loglik(Z: FloatArray, theta: FloatArray, uidx: IntArray, c: FloatArray, m: int):
     """``S[h, u] = sum_{i in D_h} c_i log sigma(theta_u . z_i)``, shape (m, K)."""
-    L = log_sigmoid(Z @ theta.T)  # (n, K)
-    L *= c[:, None]
-    return np.stack([np.bincount(uidx, L[:, k], minlength=m) for k in range(L.shape[1])], 1)
+    return user_log_likelihoods(Z @ theta.T, uidx, c, m)
+
+
+def hard_e_step(S: FloatArray, counts: IntArray) -> IntArray:
+    """Each user to its best group, ``argmax_u S[h, u]``, with empty groups re-seeded."""
+    return _reseed_empty(np.argmax(S, axis=1), S, counts, S.shape[1])
+
+
+def soft_e_step(S: FloatArray, pi: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Responsibilities ``gamma[h] ∝ pi * exp(S[h])`` and each user's ``logsumexp`` (n_users,)."""
+    with np.errstate(divide="ignore"):
+        post = np.log(pi) + S  # (n_users, K)
+    ll_h = logsumexp(post, axis=1)  # (n_users,)
+    return np.exp(post - ll_h[:, None]), ll_h
 
 
 def _penalized_nll(theta: FloatArray, Z: FloatArray, c: FloatArray, lam: float) -> float:
@@ -221,17 +251,14 @@ def _run(Z, uidx, c, counts, g, K, hard, n_iter, lam, tol) -> EMResult:
         penalty = 0.5 * lam * float(np.sum(theta * theta))
         if hard:
             lls.append(float(S[np.arange(n_users), g].sum()) - penalty)
-            new = _reseed_empty(np.argmax(S, axis=1), S, counts, K)
+            new = hard_e_step(S, counts)
             if np.array_equal(new, g):
                 converged = True
                 break
             g = new
             gamma = np.eye(K)[g]
         else:
-            with np.errstate(divide="ignore"):
-                post = np.log(pi) + S  # (n_users, K)
-            ll_h = logsumexp(post, axis=1)  # (n_users,)
-            gamma = np.exp(post - ll_h[:, None])
+            gamma, ll_h = soft_e_step(S, pi)
             lls.append(float(ll_h.sum()) - penalty)
             if len(lls) > 1 and lls[-1] - lls[-2] < tol * (1.0 + abs(lls[-1])):
                 converged = True
