@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -47,14 +45,12 @@ def test_group_rewards_order_hand_written_examples():
     assert r.loc[0, "concise"] == r.loc[1, "concise"] == -np.log(13)
 
 
-def test_flesch_kincaid_known_answer_and_no_leftover_stub():
-    had_pkg_resources = "pkg_resources" in sys.modules
+def test_flesch_kincaid_known_answer():
     # 6 one-syllable words, 1 sentence: 0.39 * 6 + 11.8 * 1 - 15.59 = -1.45 (unrounded).
     assert tg.flesch_kincaid_grade("The cat sat on the mat.") == pytest.approx(-1.45)
     # 2 sentences of 4 words; 'happy' has 2 syllables: 0.39 * 4 + 11.8 * 9 / 8 - 15.59.
     grade = tg.flesch_kincaid_grade("The dog was happy. The cat was sad.")
     assert grade == pytest.approx(0.39 * 4 + 11.8 * 9 / 8 - 15.59)
-    assert ("pkg_resources" in sys.modules) == had_pkg_resources
 
 
 def test_plain_is_clipped():

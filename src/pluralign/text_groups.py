@@ -27,11 +27,7 @@ Recipe (each step a pure function, seeded by its caller):
 
 from __future__ import annotations
 
-import importlib
-import importlib.resources
 import re
-import sys
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -124,32 +120,6 @@ def extract_snippets(
 # --------------------------------------------------------------------------- rewards
 
 
-def _import_textstat_statistics() -> type:
-    """textstat 0.7.3's ``textstatistics`` class, importable without ``pkg_resources``.
-
-    textstat 0.7.3 (the last release that works offline) does ``import pkg_resources`` at
-    import time, and setuptools >= 81 no longer ships that module. textstat uses it only to
-    read its easy-word lists (Dale-Chall, difficult words), never for Flesch-Kincaid, so if
-    the module is missing we provide ``resource_stream`` through ``importlib.resources``
-    during the import and remove the stand-in from ``sys.modules`` afterwards.
-    """
-    try:
-        from textstat.textstat import textstatistics
-    except ModuleNotFoundError as err:
-        if err.name != "pkg_resources":
-            raise
-        stub = types.ModuleType("pkg_resources")
-        stub.resource_stream = lambda package, resource: (  # type: ignore[attr-defined]
-            importlib.resources.files(package).joinpath(resource).open("rb")
-        )
-        sys.modules["pkg_resources"] = stub
-        try:
-            textstatistics = importlib.import_module("textstat.textstat").textstatistics
-        finally:
-            del sys.modules["pkg_resources"]
-    return textstatistics
-
-
 _FK_GRADE: Callable[[str], float] | None = None
 
 
@@ -163,7 +133,9 @@ def flesch_kincaid_grade(text: str) -> float:
     """
     global _FK_GRADE
     if _FK_GRADE is None:
-        stats = _import_textstat_statistics()()
+        from textstat.textstat import textstatistics
+
+        stats = textstatistics()
         stats.set_rounding(False)
         _FK_GRADE = stats.flesch_kincaid_grade
     return float(_FK_GRADE(text))
