@@ -250,11 +250,69 @@ class WeightedMLEConfig(StageConfig):
     """Sensitivity: further sample counts for the weights / theme-level prediction."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class EMMixturesConfig(StageConfig):
+    """``em_mixtures`` (notebook 03): EM over users and the MaxMin impossibility result."""
+
+    lam: float
+    """Ridge of each linear group reward (``mixture.fit_em``)."""
+    n_restarts: int
+    """EM restarts (the first round robin, as in the paper)."""
+    n_seeds: int
+    """Repetitions of every recovery setting (fresh problem and users each)."""
+    # 1. planted linear groups
+    planted_dim: int
+    planted_alternatives: int
+    planted_scale: float
+    """Norm of each group's theta: how deterministic its choices are."""
+    planted_users: int
+    planted_heldout_users: int
+    planted_per_user_grid: list[int]
+    planted_per_user: int
+    """Comparisons per user in the minority-share sweep."""
+    planted_eta_grid: list[float]
+    planted_eta: float
+    """Minority share in the comparisons-per-user sweep."""
+    select_true_k: int
+    select_candidates: list[int]
+    # 2./3. impossibility and MaxMin, one prompt with finitely many responses
+    theory_responses: int
+    theory_dim: int
+    theory_scale: float
+    theory_beta: float
+    theory_eta_grid: list[float]
+    # 4. EM on text
+    imdb: str
+    encoder: str
+    text_reviews: int
+    """Reviews (in a seeded order) the snippets are drawn from."""
+    text_snippets: int
+    text_min_words: int
+    text_max_words: int
+    text_users_per_group: list[int]
+    """Users of the groups positive, concise, plain (text_groups.GROUPS order)."""
+    text_heldout_per_group: list[int]
+    text_per_user_grid: list[int]
+    text_beta: float
+    """BT inverse temperature on standardized rewards."""
+    text_pca_dims: list[int]
+    # 4b. neural EM: one fine-tuned transformer reward model per group (TRL RewardTrainer)
+    neural_backbone: str
+    """``packaged-minilm`` or a hub model name for AutoModelForSequenceClassification."""
+    neural_per_user: int
+    neural_n_iter: int
+    neural_epochs: float
+    neural_lr: float
+    neural_batch_size: int
+    neural_max_length: int
+
+
 STAGES: dict[str, type[StageConfig]] = {
     "policy_pretrain": PolicyPretrainConfig,
     "sentiment_judge": SentimentJudgeConfig,
     "clone_theory": CloneTheoryConfig,
     "weighted_mle": WeightedMLEConfig,
+    "em_mixtures": EMMixturesConfig,
 }
 
 #: DVC stage (= notebook file stem) -> the params section it reads.
@@ -263,6 +321,7 @@ NOTEBOOK_SECTIONS: dict[str, str] = {
     "00_sentiment_judge": "sentiment_judge",
     "01_clone_theory": "clone_theory",
     "02_weighted_mle": "weighted_mle",
+    "03_em_mixtures": "em_mixtures",
 }
 
 
