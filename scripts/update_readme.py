@@ -28,12 +28,19 @@ def _fmt(value: object) -> str:
 
 
 def results_table(metrics_dir: Path) -> str:
-    """One row per metric, grouped by stage, in file-name order."""
-    lines = ["| stage | metric | value |", "|---|---|---|"]
+    """One collapsible table per stage (file-name order), one row per metric."""
+    blocks = []
     for path in sorted(metrics_dir.glob("*.json")):
-        for key, value in sorted(json.loads(path.read_text(encoding="utf-8")).items()):
-            lines.append(f"| {path.stem} | {key} | {_fmt(value)} |")
-    return "\n".join(lines)
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        lines = [
+            f"<details><summary><code>{path.stem}</code>: {len(metrics)} metrics</summary>",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
+        lines += [f"| {key} | {_fmt(value)} |" for key, value in sorted(metrics.items())]
+        blocks.append("\n".join([*lines, "", "</details>"]))
+    return "\n\n".join(blocks)
 
 
 def timings_table(notebooks_dir: Path) -> str:

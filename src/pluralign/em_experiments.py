@@ -150,7 +150,7 @@ def theory_problem(
     phi_maj = rng.standard_normal(dim)
     phi_maj *= scale / np.linalg.norm(phi_maj)
     phi_min = rng.standard_normal(dim)
-    phi_min -= 1.5 * (phi_min @ phi_maj) / (phi_maj @ phi_maj) * phi_maj
+    phi_min -= 1.5 * abs(phi_min @ phi_maj) / (phi_maj @ phi_maj) * phi_maj  # cos < 0
     phi_min *= scale / np.linalg.norm(phi_min)
     return psi, phi_min, phi_maj, np.full(n_responses, 1.0 / n_responses)
 
@@ -254,7 +254,7 @@ def text_recovery(
     rows = []
     jobs = [(c, r) for c in per_user_grid for r in range(n_seeds)]
     for cpu, rep in tqdm(jobs, desc="text EM", disable=not progress, mininterval=5):
-        rs = seed + 1000 * rep + cpu
+        rs = seed + 100_000 * rep + 10 * cpu  # rs + 1 (held-out users) never repeats
         sim = simulate_users(R, users_per_group, cpu, beta, rs)
         held = simulate_users(R, heldout_per_group, cpu, beta, rs + 1)
         for name, psi in features.items():

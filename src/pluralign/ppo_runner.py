@@ -1,0 +1,230 @@
+"""PPO with TRL 1.12 (``trl.experimental.ppo``), in resumable chunks.
+
+TRL's ``PPOTrainer.train()`` always starts at update 0 and has no resume. A run of
+``n_updates`` is therefore split into chunks of ``checkpoint_every`` updates; each chunk
+builds a fresh trainer around the *same* policy and value model, loads the Adam state of
+the previous chunk, and seeds everything (prompt shuffling, sampling) from
+``(seed, chunk index)``. After each chunk the policy, value model, optimizer state and the
+per-update log go to ``workdir/chunk-XXXX`` (written atomically). Rerunning a killed run
+loads the last complete chunk and continues; because a chunk's randomness depends only on
+its index and its starting state is restored exactly, the result equals an uninterrupted run
+(tested).
+
+CPU pitfalls handled here (see ../shared/ENVIRONMENT.md): ``bf16=False``; PAD != EOS;
+``stop_token="eos"``; rollout batch = per-device batch (no accumulation); constant lr;
+``num_sample_generations=0``; the value model is the policy's architecture with a new
+one-output head.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils.notebook import NotebookProgressCallback
+
+from pluralign.maxmin_rewards import TextRewardAdapter
+from pluralign.runlog import save_dir_atomic, set_seed
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """The PPO knobs a notebook sets from params (names follow ``PPOConfig``)."""
+
+    n_updates: int
+    batch_size: int
+    num_mini_batches: int = 2
+    num_ppo_epochs: int = 2
+    learning_rate: float = 2e-4
+    kl_coef: float = 0.05
+    response_length: int = 32
+    temperature: float = 0.7
+    checkpoint_every: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("n_updates", "batch_size", "num_mini_batches", "num_ppo_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.num_mini_batches:
+            raise ValueError("batch_size must be a multiple of num_mini_batches")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+
+class _Collect(TrainerCallback):
+    """Keeps every per-update metrics dict TRL logs."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict[str, float]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "objective/kl" in logs:
+            self.logs.append(dict(logs))
+
+
+def value_model_from(policy: PreTrainedModel) -> PreTrainedModel:
+    """A value model with the policy's architecture and weights and a fresh scalar head."""
+    from transformers import AutoModelForSequenceClassification
+
+    with tempfile.TemporaryDirectory(prefix="pluralign-value-") as tmp:
+        policy.save_pretrained(tmp)
+        return AutoModelForSequenceClassification.from_pretrained(
+            tmp, num_labels=1, pad_token_id=policy.config.pad_token_id
+        )
+
+
+def _chunks(settings: PPOSettings) -> list[int]:
+    n, k = settings.n_updates, settings.checkpoint_every
+    return [min(k, n - start) for start in range(0, n, k)]
+
+
+def _chunk_dir(workdir: Path, index: int) -> Path:
+    return workdir / f"chunk-{index:04d}"
+
+
+def _last_complete(workdir: Path, n_chunks: int) -> int:
+    """Index of the last chunk whose checkpoint is complete, -1 if none."""
+    done = -1
+    for i in range(n_chunks):
+        if (_chunk_dir(workdir, i) / "log.json").is_file():
+            done = i
+        else:
+            break
+    return done
+
+
+def run_ppo(
+    policy: PreTrainedModel,
+    tokenizer,
+    prompts: Dataset,
+    reward: TextRewardAdapter,
+    settings: PPOSettings,
+    workdir: str | Path,
+    seed: int,
+    progress: bool = False,
+) -> tuple[PreTrainedModel, pd.DataFrame]:
+    """Train ``policy`` (in place) with PPO on ``prompts`` (column ``input_ids``, all the same
+    length) against ``reward``; returns the policy and one row per update (TRL's metrics plus
+    the adapter's group means). ``workdir`` holds the checkpoints: reuse it to resume."""
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lengths = {len(x) for x in prompts["input_ids"]}
+    if len(lengths) != 1:
+        raise ValueError(f"prompts must all have one length (got {sorted(lengths)})")
+    if next(iter(lengths)) != reward.context_length:
+        raise ValueError("reward.context_length must equal the prompt length")
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise ValueError("PAD must differ from EOS, or EOS is masked out of the PPO loss")
+    sizes = _chunks(settings)
+    meta = {"settings": asdict(settings), "seed": seed, "n_prompts": len(prompts)}
+    meta_file = workdir / "run.json"
+    if meta_file.is_file() and json.loads(meta_file.read_text()) != meta:
+        raise ValueError(f"{workdir} holds checkpoints of a different run: {meta_file}")
+    meta_file.write_text(json.dumps(meta, indent=1))
+
+    ref = copy.deepcopy(policy).eval()
+    value = value_model_from(policy)
+    start = _last_complete(workdir, len(sizes)) + 1
+    optimizer_state = None
+    logs: list[dict[str, Any]] = []
+    if start > 0:  # resume
+        ck = _chunk_dir(workdir, start - 1)
+        policy.load_state_dict(_load(ck / "policy.pt"))
+        value.load_state_dict(_load(ck / "value.pt"))
+        optimizer_state = _load(ck / "optimizer.pt")
+        logs = json.loads((ck / "log.json").read_text())
+    bar = tqdm(
+        total=settings.n_updates,
+        initial=sum(sizes[:start]),
+        desc="PPO updates",
+        disable=not progress,
+        mininterval=5,
+    )
+    for index in range(start, len(sizes)):
+        chunk_seed = seed * 100_003 + index
+        set_seed(chunk_seed)
+        collect = _Collect()
+        with tempfile.TemporaryDirectory(prefix="pluralign-ppo-") as tmp:
+            config = PPOConfig(
+                output_dir=tmp,
+                seed=chunk_seed,
+                per_device_train_batch_size=settings.batch_size,
+                gradient_accumulation_steps=1,
+                local_rollout_forward_batch_size=settings.batch_size,  # MaxMin-batch sees all
+                num_mini_batches=settings.num_mini_batches,
+                num_ppo_epochs=settings.num_ppo_epochs,
+                learning_rate=settings.learning_rate,
+                lr_scheduler_type="constant",
+                kl_coef=settings.kl_coef,
+                response_length=settings.response_length,
+                temperature=settings.temperature,
+                stop_token="eos",
+                total_episodes=sizes[index] * settings.batch_size,
+                num_sample_generations=0,
+                logging_steps=1,
+                save_strategy="no",
+                report_to=[],
+                bf16=False,
+                use_cpu=not torch.cuda.is_available(),
+                disable_tqdm=True,
+            )
+            trainer = PPOTrainer(
+                args=config,
+                processing_class=tokenizer,
+                model=policy,
+                ref_model=ref,
+                reward_model=reward,
+                train_dataset=prompts,
+                value_model=value,
+                callbacks=[collect],
+            )
+            for cb in (PrinterCallback, ProgressCallback, NotebookProgressCallback):
+                trainer.remove_callback(cb)
+            if optimizer_state is not None:
+                trainer.optimizer.load_state_dict(optimizer_state)
+            n_before = len(reward.history)
+            trainer.train()
+            optimizer_state = trainer.optimizer.state_dict()
+        groups = reward.history[n_before:]
+        if len(groups) != len(collect.logs):
+            raise RuntimeError("reward calls and PPO updates are out of step")
+        for trl_log, group_log in zip(collect.logs, groups, strict=True):
+            logs.append({"update": len(logs) + 1, "chunk": index, **trl_log, **group_log})
+        _save_chunk(_chunk_dir(workdir, index), policy, value, optimizer_state, logs)
+        bar.update(sizes[index])
+    bar.close()
+    policy.eval()
+    return policy, pd.DataFrame(logs)
+
+
+def _load(path: Path) -> Any:
+    """Checkpoint tensors written by this module; ``weights_only`` refuses pickled code."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _save_chunk(path: Path, policy, value, optimizer_state, logs) -> None:
+    def write(tmp: Path) -> None:
+        torch.save(policy.state_dict(), tmp / "policy.pt")
+        torch.save(value.state_dict(), tmp / "value.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        (tmp / "log.json").write_text(json.dumps(logs))
+
+    save_dir_atomic(path, write)
+
+
+def clear_checkpoints(workdir: str | Path) -> None:
+    """Remove a run's checkpoints (after its results are saved)."""
+    shutil.rmtree(workdir, ignore_errors=True)
