@@ -126,6 +126,14 @@ def run_ppo(
         raise ValueError(f"prompts must all have one length (got {sorted(lengths)})")
     if next(iter(lengths)) != reward.context_length:
         raise ValueError("reward.context_length must equal the prompt length")
+    limit = getattr(policy.config, "n_positions", None) or getattr(
+        policy.config, "max_position_embeddings", None
+    )
+    if limit is not None and reward.context_length + settings.response_length > limit:
+        raise ValueError(
+            f"prompt ({reward.context_length}) + response_length ({settings.response_length}) "
+            f"tokens exceed the policy's {limit} positions"
+        )
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError("PAD must differ from EOS, or EOS is masked out of the PPO loss")
     sizes = _chunks(settings)

@@ -1,0 +1,130 @@
+"""Chunked PPO (TRL 1.12): a run killed after a checkpoint resumes to the same result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from pluralign import ppo_runner
+from pluralign.assets import load_gpt2_tokenizer
+from pluralign.maxmin_rewards import Normalizer, TextRewardAdapter
+from pluralign.ppo_runner import PPOSettings, run_ppo
+
+SETTINGS = PPOSettings(
+    n_updates=4, batch_size=8, response_length=10, checkpoint_every=2, learning_rate=1e-3
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_gpt2_tokenizer(max_merges=300)
+
+
+def policy(tok) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=32,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    return GPT2LMHeadModel(cfg)
+
+
+def prompts(tok) -> Dataset:
+    texts = ["the movie was", "i think this", "a great film", "what a story"] * 4
+    return Dataset.from_dict(
+        {"input_ids": [[tok.eos_token_id, *tok(t)["input_ids"][:3]] for t in texts]}
+    )
+
+
+def adapter(tok, how: str = "maxmin_batch") -> TextRewardAdapter:
+    rewards = {
+        "e": lambda ts: np.array([t.count("e") for t in ts], dtype=float),
+        "short": lambda ts: -np.array([len(t) for t in ts], dtype=float),
+    }
+    norms = {"e": Normalizer(1.0, 1.0), "short": Normalizer(-20.0, 10.0)}
+    return TextRewardAdapter(tok, 4, rewards, norms, how)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tok, tmp_path: Path, monkeypatch):
+    full, full_log = run_ppo(
+        policy(tok), tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "a", 0
+    )
+    assert list(full_log["update"]) == [1, 2, 3, 4]
+    assert set(full_log["argmin_group"]) <= {"e", "short"}
+    assert full_log["objective/kl"].notna().all()
+
+    real_save = ppo_runner._save_chunk
+
+    def save_then_die(path, *args):
+        real_save(path, *args)
+        raise KeyboardInterrupt  # killed right after the first checkpoint
+
+    monkeypatch.setattr(ppo_runner, "_save_chunk", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_ppo(policy(tok), tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "b", 0)
+    assert (tmp_path / "b" / "chunk-0000" / "log.json").is_file()
+    assert not (tmp_path / "b" / "chunk-0001").exists()
+    monkeypatch.setattr(ppo_runner, "_save_chunk", real_save)
+
+    resumed_adapter = adapter(tok)
+    resumed, log = run_ppo(
+        policy(tok), tok, prompts(tok), resumed_adapter, SETTINGS, tmp_path / "b", 0
+    )
+    assert len(resumed_adapter.history) == 2  # only the second chunk was trained again
+    for name, tensor in full.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    cols = ["update", "objective/kl", "objective/scores", "argmin_group", "raw_e", "raw_short"]
+    assert log[cols].equals(full_log[cols])
+
+
+def test_training_moves_the_policy_and_seeds_matter(tok, tmp_path: Path):
+    settings = PPOSettings(n_updates=2, batch_size=8, response_length=8, checkpoint_every=2)
+    start = policy(tok).state_dict()
+    a, _ = run_ppo(policy(tok), tok, prompts(tok), adapter(tok), settings, tmp_path / "a", 0)
+    b, _ = run_ppo(policy(tok), tok, prompts(tok), adapter(tok), settings, tmp_path / "b", 1)
+    key = "transformer.h.0.mlp.c_fc.weight"
+    assert not torch.equal(a.state_dict()[key], start[key])
+    assert not torch.equal(a.state_dict()[key], b.state_dict()[key])
+
+
+def test_run_ppo_rejects_bad_setups(tok, tmp_path: Path):
+    run_ppo(
+        policy(tok),
+        tok,
+        prompts(tok),
+        adapter(tok),
+        PPOSettings(1, 8, response_length=8, checkpoint_every=1),
+        tmp_path / "r",
+        0,
+    )
+    with pytest.raises(ValueError, match="different run"):
+        run_ppo(
+            policy(tok),
+            tok,
+            prompts(tok),
+            adapter(tok),
+            PPOSettings(2, 8, response_length=8),
+            tmp_path / "r",
+            0,
+        )
+    ragged = Dataset.from_dict({"input_ids": [[1, 2, 3, 4], [1, 2, 3]] * 4})
+    with pytest.raises(ValueError, match="one length"):
+        run_ppo(policy(tok), tok, ragged, adapter(tok), SETTINGS, tmp_path / "x", 0)
+    with pytest.raises(ValueError, match="context_length"):
+        bad = TextRewardAdapter(tok, 3, {"n": len}, {"n": Normalizer(0.0, 1.0)}, "single")
+        run_ppo(policy(tok), tok, prompts(tok), bad, SETTINGS, tmp_path / "y", 0)
+    with pytest.raises(ValueError, match="exceed the policy's 32 positions"):
+        run_ppo(policy(tok), tok, prompts(tok), adapter(tok), PPOSettings(1, 8), tmp_path / "z", 0)
+    with pytest.raises(ValueError, match="multiple of num_mini_batches"):
+        PPOSettings(n_updates=1, batch_size=7)
