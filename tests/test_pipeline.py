@@ -57,8 +57,11 @@ def test_every_notebook_has_exactly_one_dvc_stage() -> None:
 def test_dvc_stage_declares_what_it_uses(stage: str) -> None:
     spec = DVC[stage]
     assert f"notebooks/{stage}.ipynb" in spec["cmd"]
-    for dep in spec["deps"]:
-        assert (ROOT / dep).exists(), f"{stage}: dependency {dep} does not exist"
+    produced = {
+        o if isinstance(o, str) else next(iter(o)) for s in DVC.values() for o in s.get("outs", [])
+    }
+    for dep in spec["deps"]:  # a file in git, or another stage's output
+        assert (ROOT / dep).exists() or dep in produced, f"{stage}: dependency {dep} missing"
     params = read_params(ROOT / "params.yaml")
     for key in spec["params"]:
         assert key in params, f"{stage}: params key {key} missing from params.yaml"
@@ -90,24 +93,39 @@ def test_network_guard_catches_a_real_attempt(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real stage runs
 
 
+def _upstream(stage: str) -> list[str]:
+    """Stages whose outputs (e.g. models/policy) this stage lists among its deps."""
+    deps = set(DVC[stage]["deps"])
+    outs = {
+        s: {o if isinstance(o, str) else next(iter(o)) for o in DVC[s].get("outs", [])} for s in DVC
+    }
+    return sorted(s for s in DVC if s != stage and outs[s] & deps)
+
+
+def test_upstream_stages_are_found() -> None:
+    assert _upstream("04_maxmin_ppo_gpt2") == ["00_policy_pretrain", "00_sentiment_judge"]
+    assert _upstream("01_clone_theory") == []
+
+
 @pytest.mark.parametrize("stage", sorted(NOTEBOOK_SECTIONS))
 def test_stage_runs_offline_end_to_end(stage: str, tiny_params: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc, attempts = _run(
-        [
-            sys.executable,
-            "-m",
-            "pluralign.run_notebook",
-            str(ROOT / "notebooks" / f"{stage}.ipynb"),
-            "--params-file",
-            str(tiny_params),
-            "--output-root",
-            str(out),
-        ],
-        tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert attempts == [], f"{stage} tried to reach the network: {attempts}"
+    for name in [*_upstream(stage), stage]:  # upstream models first, into the same root
+        proc, attempts = _run(
+            [
+                sys.executable,
+                "-m",
+                "pluralign.run_notebook",
+                str(ROOT / "notebooks" / f"{name}.ipynb"),
+                "--params-file",
+                str(tiny_params),
+                "--output-root",
+                str(out),
+            ],
+            tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert attempts == [], f"{name} tried to reach the network: {attempts}"
 
     metrics = json.loads((out / "results" / "metrics" / f"{stage}.json").read_text())
     assert metrics and all(isinstance(v, int | float) for v in metrics.values())

@@ -76,6 +76,10 @@ class ProjectPaths:
     def model(self, name: str) -> Path:
         return self.models / name
 
+    def checkpoints(self, stage: str) -> Path:
+        """Resumable training state of a stage (not a DVC output; safe to delete)."""
+        return self.root / "checkpoints" / stage
+
     def metrics(self, stage: str) -> Path:
         return self.results / "metrics" / f"{stage}.json"
 
@@ -307,12 +311,59 @@ class EMMixturesConfig(StageConfig):
     neural_max_length: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class MaxMinGPT2Config(StageConfig):
+    """``maxmin_gpt2`` (notebook 04): single-reward PPO vs MaxMin PPO, sentiment vs concise."""
+
+    policy: str
+    """``00_policy_pretrain`` (that stage's model) or a hub causal LM such as ``gpt2``."""
+    judge: str
+    """``00_sentiment_judge`` (that stage's model) or a hub classifier (majority's truth)."""
+    imdb: str
+    prompt_tokens: int
+    max_new_tokens: int
+    temperature: float
+    n_pref_prompts: int
+    """Prompts with two reference samples each: the pairs users label."""
+    n_ppo_prompts: int
+    n_eval_prompts: int
+    users_majority: int
+    users_minority: int
+    """The paper's 10:1 majority:minority ratio is 30:3 users here."""
+    ratio_grid: list[int]
+    """Majority:minority ratios (minority users fixed) for the reward-learning sweep."""
+    comparisons_per_user: int
+    label_beta: float
+    """BT inverse temperature on z-scored ground truth."""
+    rm_backbone: str
+    """``00_policy_pretrain`` (the policy's network with a scalar head) or a hub model."""
+    rm_epochs: float
+    rm_lr: float
+    rm_batch_size: int
+    rm_max_length: int
+    em_iters: int
+    ppo_updates: int
+    ppo_batch_size: int
+    ppo_mini_batches: int
+    ppo_epochs: int
+    ppo_lr: float
+    kl_coef: float
+    kl_coef_high: float
+    """A second single + MaxMin run with this KL coefficient (readable text)."""
+    softmin_temperature: float
+    checkpoint_every: int
+    seeds: list[int]
+    """PPO seeds of the main comparison (single vs per-sample MaxMin)."""
+    n_boot: int
+
+
 STAGES: dict[str, type[StageConfig]] = {
     "policy_pretrain": PolicyPretrainConfig,
     "sentiment_judge": SentimentJudgeConfig,
     "clone_theory": CloneTheoryConfig,
     "weighted_mle": WeightedMLEConfig,
     "em_mixtures": EMMixturesConfig,
+    "maxmin_gpt2": MaxMinGPT2Config,
 }
 
 #: DVC stage (= notebook file stem) -> the params section it reads.
@@ -322,6 +373,7 @@ NOTEBOOK_SECTIONS: dict[str, str] = {
     "01_clone_theory": "clone_theory",
     "02_weighted_mle": "weighted_mle",
     "03_em_mixtures": "em_mixtures",
+    "04_maxmin_ppo_gpt2": "maxmin_gpt2",
 }
 
 

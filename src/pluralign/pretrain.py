@@ -234,6 +234,7 @@ def sample_continuations(
                     "continuation": tokenizer.decode(new),
                     "new_tokens": len(new) + int(stopped),
                     "stopped": stopped,
+                    "continuation_ids": new + [tokenizer.eos_token_id] * int(stopped),
                 }
             )
     torch.random.set_rng_state(generator_state)
