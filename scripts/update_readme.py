@@ -46,7 +46,7 @@ def results_table(metrics_dir: Path) -> str:
 def timings_table(notebooks_dir: Path) -> str:
     """Wall time of each executed notebook, as papermill recorded it."""
     lines = ["| stage | wall time (s) | finished (UTC) |", "|---|---|---|"]
-    for path in sorted(notebooks_dir.glob("*.ipynb")):
+    for path in sorted(p for p in notebooks_dir.glob("*.ipynb") if not p.name.startswith(".")):
         meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("papermill", {})
         finished = str(meta.get("end_time", ""))[:16].replace("T", " ")
         lines.append(f"| {path.stem} | {meta.get('duration', float('nan')):.0f} | {finished} |")

@@ -224,6 +224,7 @@ def sample_continuations(
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            suppress_tokens=[tokenizer.pad_token_id],  # PAD in a sample would read as padding
         )
         for prompt, row in zip(batch, out[:, width:].tolist(), strict=True):
             stopped = tokenizer.eos_token_id in row
