@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from transformers import GPT2Config, GPT2LMHeadModel
 
 TINY_PARAMS = {
     "profile": "cpu",
@@ -190,3 +192,24 @@ def tiny_params(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+def tiny_gpt2(tok, seed: int, init: float = 0.02) -> GPT2LMHeadModel:
+    """A 1-layer GPT-2; ``init`` > default makes the next-token distributions peaked, so
+    an off-by-one or a wrong temperature changes the log-probs by a lot."""
+    torch.manual_seed(seed)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=32,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        initializer_range=init,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = GPT2LMHeadModel(cfg).eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model

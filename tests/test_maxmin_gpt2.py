@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_gpt2
 from scipy import stats
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from pluralign.assets import load_gpt2_tokenizer
 from pluralign.maxmin_gpt2 import (
@@ -44,27 +44,6 @@ from pluralign.pretrain import make_prompts
 @pytest.fixture(scope="module")
 def tok():
     return load_gpt2_tokenizer(max_merges=200)
-
-
-def tiny_gpt2(tok, seed: int, init: float = 0.02) -> GPT2LMHeadModel:
-    """A 1-layer GPT-2; ``init`` > default makes the next-token distributions peaked, so
-    an off-by-one or a wrong temperature changes the log-probs by a lot."""
-    torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=32,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        initializer_range=init,
-        bos_token_id=tok.eos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = GPT2LMHeadModel(cfg).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_gpt2
 from datasets import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from pluralign import ppo_runner
 from pluralign.assets import load_gpt2_tokenizer
@@ -26,18 +27,7 @@ def tok():
 
 
 def policy(tok) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=32,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        bos_token_id=tok.eos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return GPT2LMHeadModel(cfg)
+    return tiny_gpt2(tok, seed=0)
 
 
 def prompts(tok) -> Dataset:
