@@ -152,7 +152,7 @@ TINY_PARAMS = {
         "n_eval_prompts": 6,
         "users_majority": 4,
         "users_minority": 2,
-        "ratio_grid": [2],
+        "ratio_grid": [1, 2],
         "comparisons_per_user": 3,
         "label_beta": 3.0,
         "rm_backbone": "00_policy_pretrain",

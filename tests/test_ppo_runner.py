@@ -46,11 +46,25 @@ def adapter(tok, how: str = "maxmin_batch") -> TextRewardAdapter:
     return TextRewardAdapter(tok, 4, rewards, norms, how)
 
 
+def probe(model, updates: int) -> dict[str, float]:
+    """What a notebook measures at each checkpoint; here the weights it sees."""
+    return {"probe_n": float(updates), "probe_w": float(model.lm_head.weight.sum())}
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(tok, tmp_path: Path, monkeypatch):
     full, full_log = run_ppo(
-        policy(tok), tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "a", 0
+        policy(tok),
+        tok,
+        prompts(tok),
+        adapter(tok),
+        SETTINGS,
+        tmp_path / "a",
+        0,
+        on_checkpoint=probe,
     )
     assert list(full_log["update"]) == [1, 2, 3, 4]
+    assert full_log["probe_n"].tolist()[1::2] == [2.0, 4.0]  # after each chunk only
+    assert full_log["probe_n"].isna().tolist() == [True, False, True, False]
     assert set(full_log["argmin_group"]) <= {"e", "short"}
     assert full_log["objective/kl"].notna().all()
 
@@ -62,19 +76,36 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tok, tmp_path: Path, mon
 
     monkeypatch.setattr(ppo_runner, "_save_chunk", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_ppo(policy(tok), tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "b", 0)
+        run_ppo(
+            policy(tok),
+            tok,
+            prompts(tok),
+            adapter(tok),
+            SETTINGS,
+            tmp_path / "b",
+            0,
+            on_checkpoint=probe,
+        )
     assert (tmp_path / "b" / "chunk-0000" / "log.json").is_file()
     assert not (tmp_path / "b" / "chunk-0001").exists()
     monkeypatch.setattr(ppo_runner, "_save_chunk", real_save)
 
     resumed_adapter = adapter(tok)
     resumed, log = run_ppo(
-        policy(tok), tok, prompts(tok), resumed_adapter, SETTINGS, tmp_path / "b", 0
+        policy(tok),
+        tok,
+        prompts(tok),
+        resumed_adapter,
+        SETTINGS,
+        tmp_path / "b",
+        0,
+        on_checkpoint=probe,
     )
     assert len(resumed_adapter.history) == 2  # only the second chunk was trained again
     for name, tensor in full.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
     cols = ["update", "objective/kl", "objective/scores", "argmin_group", "raw_e", "raw_short"]
+    cols += ["probe_n", "probe_w"]
     assert log[cols].equals(full_log[cols])
 
 

@@ -264,6 +264,7 @@ def train_policy(
     seed: int,
     temperature: float = 0.0,
     progress: bool = False,
+    on_checkpoint: Callable[[Any, int], dict[str, float]] | None = None,
 ):
     """PPO on ``rewards`` aggregated by ``how``; each reward is z-scored on the reference
     policy's samples ``reference_texts`` first. Returns (policy, per-update log, adapter)."""
@@ -273,7 +274,9 @@ def train_policy(
     norms = {g: Normalizer.fit(fn(list(reference_texts))) for g, fn in rewards.items()}
     context = len(prompts[0]["input_ids"])
     adapter = TextRewardAdapter(tokenizer, context, rewards, norms, how, temperature)
-    policy, log = run_ppo(policy, tokenizer, prompts, adapter, settings, workdir, seed, progress)
+    policy, log = run_ppo(
+        policy, tokenizer, prompts, adapter, settings, workdir, seed, progress, on_checkpoint
+    )
     return policy, log, adapter
 
 
@@ -308,6 +311,7 @@ def run_and_evaluate(
     n_boot: int,
     temperature: float = 0.0,
     progress: bool = False,
+    on_checkpoint: Callable[[Any, int], dict[str, float]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], Rollouts]:
     """Train one PPO policy and evaluate it against the reference on held-out prompts by
     each group's ground truth. Returns (per-update log, summary row, eval rollouts)."""
@@ -326,6 +330,7 @@ def run_and_evaluate(
         seed,
         temperature,
         progress,
+        on_checkpoint,
     )
     train_s = time.perf_counter() - t0
     roll = sample_rollouts(

@@ -22,6 +22,7 @@ import copy
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -113,10 +114,15 @@ def run_ppo(
     workdir: str | Path,
     seed: int,
     progress: bool = False,
+    on_checkpoint: Callable[[PreTrainedModel, int], dict[str, float]] | None = None,
 ) -> tuple[PreTrainedModel, pd.DataFrame]:
     """Train ``policy`` (in place) with PPO on ``prompts`` (column ``input_ids``, all the same
     length) against ``reward``; returns the policy and one row per update (TRL's metrics plus
-    the adapter's group means). ``workdir`` holds the checkpoints: reuse it to resume."""
+    the adapter's group means). ``workdir`` holds the checkpoints: reuse it to resume.
+
+    ``on_checkpoint(policy, updates_done)`` runs after each chunk, before its checkpoint is
+    written; its values join that chunk's last log row (e.g. ground truth measured during
+    training), so they survive a resume like the rest of the log."""
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     workdir = Path(workdir)
@@ -211,6 +217,9 @@ def run_ppo(
             raise RuntimeError("reward calls and PPO updates are out of step")
         for trl_log, group_log in zip(collect.logs, groups, strict=True):
             logs.append({"update": len(logs) + 1, "chunk": index, **trl_log, **group_log})
+        if on_checkpoint is not None:
+            logs[-1].update(on_checkpoint(policy, len(logs)))
+            policy.train()
         _save_chunk(_chunk_dir(workdir, index), policy, value, optimizer_state, logs)
         bar.update(sizes[index])
     bar.close()
