@@ -141,24 +141,19 @@ def test_tokenize_pairs_rejects_bad_input(bert_tok):
         tokenize_pairs(bert_tok, [], [], 8)
 
 
+def fit_planted(make, tok, **kw):
+    """Neural EM on the planted data (defaults: 5 iterations, FAST training)."""
+    chosen, rejected, users, truth = planted()
+    args = {"n_iter": 5, "max_length": 16, "train_args": FAST, **kw}
+    return fit_neural_em(chosen, rejected, users, 2, make, tok, **args), truth
+
+
 # ------------------------------------------------------------------ neural EM
 
 
 @pytest.mark.parametrize("hard", [True, False])
 def test_neural_em_recovers_planted_groups(bert_tok, hard):
-    chosen, rejected, users, truth = planted()
-    res = fit_neural_em(
-        chosen,
-        rejected,
-        users,
-        2,
-        lambda k: tiny_bert(bert_tok),
-        bert_tok,
-        hard=hard,
-        n_iter=5,
-        max_length=16,
-        train_args=FAST,
-    )
+    res, truth = fit_planted(lambda k: tiny_bert(bert_tok), bert_tok, hard=hard)
     assert adjusted_rand_score(truth, res.assignment) == 1.0
     # Round robin (u % 2) is far from the truth (u % 3 == 0): EM had to move users.
     assert adjusted_rand_score(truth, np.arange(12) % 2) < 0.2
@@ -172,18 +167,7 @@ def test_neural_em_recovers_planted_groups(bert_tok, hard):
 
 
 def test_neural_em_assigns_held_out_users_and_scores_like_the_linear_e_step(bert_tok):
-    chosen, rejected, users, truth = planted()
-    res = fit_neural_em(
-        chosen,
-        rejected,
-        users,
-        2,
-        lambda k: tiny_bert(bert_tok),
-        bert_tok,
-        n_iter=5,
-        max_length=16,
-        train_args=FAST,
-    )
+    res, truth = fit_planted(lambda k: tiny_bert(bert_tok), bert_tok)
     new_c, new_r, new_u, new_truth = planted(n_users=6, per_user=10, seed=1)
     ids, groups = res.assign(new_c, new_r, new_u + 100)
     np.testing.assert_array_equal(ids, np.arange(6) + 100)
@@ -219,18 +203,7 @@ def test_neural_em_runs_on_a_gpt2_stand_in():
         num_labels=1,
         pad_token_id=tok.pad_token_id,
     )
-    chosen, rejected, users, truth = planted()
-    res = fit_neural_em(
-        chosen,
-        rejected,
-        users,
-        2,
-        lambda k: GPT2ForSequenceClassification(cfg),
-        tok,
-        n_iter=4,
-        max_length=16,
-        train_args=FAST,
-    )
+    res, truth = fit_planted(lambda k: GPT2ForSequenceClassification(cfg), tok, n_iter=4)
     assert res.n_iter >= 1
     assert adjusted_rand_score(truth, res.assignment) == 1.0
 
