@@ -357,6 +357,59 @@ class MaxMinGPT2Config(StageConfig):
     n_boot: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class InverseAlignmentConfig(StageConfig):
+    """``inverse_alignment`` (notebook 06): filtered reward fine-tuning during PPO vs vanilla."""
+
+    policy: str
+    """``00_policy_pretrain`` (that stage's model) or a hub causal LM (``gpt2-medium``)."""
+    judge: str
+    """Ground truth: ``00_sentiment_judge`` (P(positive), cpu) or a hub reward/sentiment model."""
+    imdb: str
+    offline_data: str
+    """``synthetic`` (the cpu offline set built here) or a hub preference set with ``prompt``,
+    ``chosen`` and ``rejected`` text columns (``Dahoas/rm-static``)."""
+    offline_revision: str | None
+    prompt_tokens: int
+    max_new_tokens: int
+    temperature: float
+    n_offline_prompts: int
+    n_ppo_prompts: int
+    n_eval_prompts: int
+    n_ood_prompts: int
+    """Prompts of the out-of-distribution reward model's data (0: no OOD arm)."""
+    source_temperatures: list[float]
+    """Reference-policy sampling temperatures, one ``sft_t<T>`` source each."""
+    labeler_mix: dict[str, dict[str, float]]
+    """Per source, the share of records labelled by each scoring policy."""
+    label_noise: float
+    truth: str
+    """The scoring policy the user wants (PPO is evaluated by it)."""
+    rm_backbone: str
+    rm_epochs: float
+    rm_lr: float
+    rm_batch_size: int
+    rm_max_length: int
+    rules: list[str]
+    select_k: int
+    select_threshold: float
+    """P1's cosine threshold (the paper's 0.8 is for its encoder; see the notebook)."""
+    refit_every: int
+    refit_lr: float
+    refit_epochs: float
+    ppo_updates: int
+    ppo_batch_size: int
+    ppo_mini_batches: int
+    ppo_epochs: int
+    ppo_lr: float
+    kl_coef: float
+    checkpoint_every: int
+    seeds: list[int]
+    convergence_margin: float
+    """Convergence = first update whose ground truth is >= reference + this margin."""
+    n_boot: int
+
+
 STAGES: dict[str, type[StageConfig]] = {
     "policy_pretrain": PolicyPretrainConfig,
     "sentiment_judge": SentimentJudgeConfig,
@@ -364,6 +417,7 @@ STAGES: dict[str, type[StageConfig]] = {
     "weighted_mle": WeightedMLEConfig,
     "em_mixtures": EMMixturesConfig,
     "maxmin_gpt2": MaxMinGPT2Config,
+    "inverse_alignment": InverseAlignmentConfig,
 }
 
 #: DVC stage (= notebook file stem) -> the params section it reads.
@@ -374,6 +428,7 @@ NOTEBOOK_SECTIONS: dict[str, str] = {
     "02_weighted_mle": "weighted_mle",
     "03_em_mixtures": "em_mixtures",
     "04_maxmin_ppo_gpt2": "maxmin_gpt2",
+    "06_inverse_alignment": "inverse_alignment",
 }
 
 
