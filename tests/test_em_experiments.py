@@ -14,6 +14,7 @@ import pytest
 from scipy.special import logsumexp
 
 from pluralign import em_experiments as ee
+from pluralign.mixture import match_groups
 from pluralign.text_groups import GROUPS, standardize
 
 RECOVERY_COLUMNS = ["sweep", "x", "seed", "method", "ari", "heldout_ari", "n_iter"]
@@ -429,5 +430,5 @@ def test_text_recovery_oracle_recovers_groups() -> None:
 def test_match_groups_planted_permutation() -> None:
     truth = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2])
     found = np.array([2, 2, 1, 0, 0, 0, 1, 1, 1])  # fitted 2 <- planted 0, 0 <- 1, 1 <- 2
-    assert ee._match_groups(truth, found, 3) == [1, 2, 0]
-    assert ee._match_groups(truth, np.array([0] * 5 + [1] * 4), 3) == [0, 2, -1]
+    assert match_groups(truth, found, 3) == [1, 2, 0]
+    assert match_groups(truth, np.array([0] * 5 + [1] * 4), 3) == [0, 2, -1]

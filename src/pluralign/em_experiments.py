@@ -23,7 +23,7 @@ from pluralign.maxmin_theory import (
     maxmin_policy,
     pooled_reward,
 )
-from pluralign.mixture import fit_em, select_n_groups
+from pluralign.mixture import fit_em, match_groups, select_n_groups
 from pluralign.text_groups import SimulatedComparisons, simulate_users
 
 FloatArray = NDArray[np.float64]
@@ -266,14 +266,6 @@ def text_recovery(
     return pd.DataFrame(rows)
 
 
-def _match_groups(truth: NDArray[Any], found: NDArray[Any], K: int) -> list[int]:
-    """For each fitted group, the planted group most of its users belong to (-1 if empty)."""
-    return [
-        int(np.bincount(truth[found == k], minlength=K).argmax()) if np.any(found == k) else -1
-        for k in range(K)
-    ]
-
-
 def neural_text_em(
     snippets: Sequence[str],
     rewards: pd.DataFrame,
@@ -337,7 +329,7 @@ def neural_text_em(
         "heldout_ari": float(adjusted_rand_score(held.user_group, held_groups)),
         "n_iter": res.n_iter,
         "converged": res.converged,
-        "matched_group": _match_groups(sim.user_group, res.assignment, K),
+        "matched_group": match_groups(sim.user_group, res.assignment, K),
         "spearman_fitted_vs_truth": corr,
         "n_comparisons": len(sim.user),
     }

@@ -12,7 +12,7 @@ With ``g_i`` the policy's generation for record i's prompt and unit-norm embeddi
 
 ======  ===========================================================================
 P1      records with s_c > tau and s_r > tau, the top k of them by s_c + s_r
-P2      top ceil(k/2) by s_c  union  top ceil(k/2) by s_r (so at most k records)
+P2      top ceil(k/2) by s_c  union  top floor(k/2) by s_r (so at most k records)
 P3      top k by s_r
 P4      top k by s_c
 random  k records uniformly at random (the control)
@@ -132,9 +132,11 @@ def label_pairs_by(
     if not 0.0 <= noise < 0.5:
         raise ValueError(f"label noise must be in [0, 0.5), got {noise}")
     labeler = np.asarray(labeler, dtype=str)
-    unknown = sorted(set(labeler) - set(scores_a.columns))
+    unknown = sorted(str(x) for x in set(labeler) - set(scores_a.columns))
     if unknown:
         raise ValueError(f"no scores for labelers {unknown}; have {list(scores_a.columns)}")
+    if list(scores_b.columns) != list(scores_a.columns):
+        raise ValueError("scores_a and scores_b must have the same columns in the same order")
     cols = {c: k for k, c in enumerate(scores_a.columns)}
     idx = np.array([cols[c] for c in labeler], dtype=np.int64)
     rows = np.arange(len(labeler))
@@ -151,11 +153,11 @@ def assign_labelers(
     sources = np.asarray(sources, dtype=str)
     for src in np.unique(sources):
         if src not in mix:
-            raise ValueError(f"source {src!r} has no labeler mix (known: {sorted(mix)})")
+            raise ValueError(f"source {str(src)!r} has no labeler mix (known: {sorted(mix)})")
         names = list(mix[src])
         w = np.asarray([mix[src][n] for n in names], dtype=np.float64)
         if np.any(w < 0) or w.sum() <= 0:
-            raise ValueError(f"labeler mix of source {src!r} needs non-negative weights > 0")
+            raise ValueError(f"labeler mix of source {str(src)!r} needs non-negative weights > 0")
         rows = np.flatnonzero(sources == src)
         out[rows] = rng.choice(names, size=rows.size, p=w / w.sum())
     return out.astype(str)
@@ -173,7 +175,8 @@ def build_records(
     """One record per (source, prompt): ``pairs[source] = (responses_a, responses_b)``, one
     entry per prompt. ``score(prompts, responses)`` gives every labelling policy's score of
     each response (one column each, higher better); column ``truth`` is the ground truth the
-    user wants, used only for ``agrees_with_truth``."""
+    user wants, used only for ``agrees_with_truth`` (a ground-truth tie counts as not
+    agreeing: the label then carries no information about the truth)."""
     rng = np.random.default_rng(seed)
     n = len(prompts)
     names = list(pairs)
@@ -369,9 +372,9 @@ def select(
         raise ValueError("s_c and s_r must have one entry per record")
     if rule == "P1":
         return top_k(s_c + s_r, k, (s_c > threshold) & (s_r > threshold))
-    if rule == "P2":
-        half = math.ceil(k / 2)
-        return np.union1d(top_k(s_c, half), top_k(s_r, half))
+    if rule == "P2":  # ceil(k/2) + floor(k/2) = k: never over the budget
+        by_c = top_k(s_c, math.ceil(k / 2))
+        return np.union1d(by_c, top_k(s_r, k // 2)) if k > 1 else by_c
     if rule == "P3":
         return top_k(s_r, k)
     if rule == "P4":

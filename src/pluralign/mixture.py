@@ -394,3 +394,13 @@ def select_n_groups(
     cols = zip(ks, [r[0] for r in rows], total.tolist(), se.tolist(), strict=True)
     table = [dict(zip(keys, col, strict=True)) for col in cols]
     return ks[pick], table
+
+
+def match_groups(truth: NDArray[Any], found: NDArray[Any], K: int) -> list[int]:
+    """For each fitted group k < K, the planted group most of its users belong to (-1 if
+    the fitted group is empty): how a notebook names what EM found."""
+    truth, found = np.asarray(truth), np.asarray(found)
+    return [
+        int(np.bincount(truth[found == k], minlength=K).argmax()) if np.any(found == k) else -1
+        for k in range(K)
+    ]

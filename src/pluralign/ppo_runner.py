@@ -36,7 +36,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils.notebook import NotebookProgressCallback
 
 from pluralign.maxmin_rewards import TextRewardAdapter
-from pluralign.runlog import save_dir_atomic, set_seed
+from pluralign.runlog import save_dir_atomic, set_seed, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def run_ppo(
     meta_file = workdir / "run.json"
     if meta_file.is_file() and json.loads(meta_file.read_text()) != meta:
         raise ValueError(f"{workdir} holds checkpoints of a different run: {meta_file}")
-    meta_file.write_text(json.dumps(meta, indent=1))
+    write_json_atomic(meta_file, meta)
 
     ref = copy.deepcopy(policy).eval()
     value = value_model_from(policy)
