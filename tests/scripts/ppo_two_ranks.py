@@ -1,0 +1,53 @@
+"""Run by tests/test_ppo_multiprocess.py under ``accelerate launch --multi_gpu
+--num_processes 2`` on CPU (gloo): a few MaxMin PPO updates of a tiny Llama proxy through
+``ppo_runner.run_ppo``; each rank writes its final-weight digest and its reward history."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from pluralign.assets import load_gpt2_tokenizer
+from pluralign.llama_proxy import build_llama_proxy
+from pluralign.maxmin_rewards import Normalizer, TextRewardAdapter
+from pluralign.ppo_runner import PPOSettings, run_ppo
+
+
+def main(out: Path) -> None:
+    rank = int(os.environ["RANK"])
+    tok = load_gpt2_tokenizer(max_merges=300)
+    policy = build_llama_proxy(tok, hidden_size=16, n_layers=1, n_heads=2, intermediate_size=32)
+    prompts = Dataset.from_dict(
+        {"input_ids": [[tok.eos_token_id, 10 + i % 50, 20 + i % 7, 30] for i in range(32)]}
+    )
+    rewards = {
+        "letters": lambda texts: np.array([t.count("e") for t in texts], dtype=float),
+        "concise": lambda texts: -np.array([len(t) for t in texts], dtype=float),
+    }
+    norms = {g: Normalizer(0.0, 1.0) for g in rewards}
+    adapter = TextRewardAdapter(tok, 4, rewards, norms, "maxmin_sample")
+    settings = PPOSettings(
+        n_updates=2, batch_size=4, num_mini_batches=2, num_ppo_epochs=1, response_length=6
+    )
+    policy, _ = run_ppo(policy, tok, prompts, adapter, settings, out / f"work-rank{rank}", 0)
+    digest = hashlib.sha256(
+        b"".join(p.detach().to(torch.float32).numpy().tobytes() for p in policy.parameters())
+    ).hexdigest()
+    record = {
+        "rank": rank,
+        "world_size": int(os.environ["WORLD_SIZE"]),
+        "digest": digest,
+        "rewards": [h["reward"] for h in adapter.history],
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
