@@ -419,13 +419,13 @@ class OnPolicyPairs:
 
 
 def pair_accuracy(score: TextScore, pairs: OnPolicyPairs) -> float:
-    """Share of pairs (ground-truth ties skipped) a reward orders as the ground truth does."""
-    diff = np.asarray(pairs.truth_a) - np.asarray(pairs.truth_b)
-    keep = diff != 0
-    if not keep.any():
-        return float("nan")
-    r = score(pairs.texts_a) - score(pairs.texts_b)
-    return float((np.sign(r[keep]) == np.sign(diff[keep])).mean())
+    """Share of pairs (ground-truth ties skipped) a reward orders as the ground truth does:
+    ``maxmin_gpt2.pair_accuracy`` with one ground truth."""
+    from pluralign.maxmin_gpt2 import pair_accuracy as per_group_accuracy
+
+    truth_a = pd.DataFrame({"truth": np.asarray(pairs.truth_a, dtype=np.float64)})
+    truth_b = pd.DataFrame({"truth": np.asarray(pairs.truth_b, dtype=np.float64)})
+    return per_group_accuracy(score(pairs.texts_a), score(pairs.texts_b), truth_a, truth_b)["truth"]
 
 
 class FilteredRefit:

@@ -14,7 +14,7 @@ ids come from the repo's tokenizer: BOS = EOS (the prompts start with EOS, see
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -52,29 +52,13 @@ def llama_proxy_config(
     )
 
 
-def build_llama_proxy(
-    tokenizer,
-    hidden_size: int = 32,
-    n_layers: int = 2,
-    n_heads: int = 4,
-    intermediate_size: int = 64,
-    max_positions: int = 64,
-    seed: int = 0,
-    initializer_range: float = 0.02,
-) -> LlamaForCausalLM:
+def build_llama_proxy(tokenizer, seed: int = 0, **shape: Any) -> LlamaForCausalLM:
     """A freshly initialised proxy (deterministic in ``seed``) whose ``generate`` pads with
-    PAD and stops at EOS, like :func:`pluralign.pretrain.build_policy`'s GPT-2."""
+    PAD and stops at EOS, like :func:`pluralign.pretrain.build_policy`'s GPT-2. ``shape``
+    takes :func:`llama_proxy_config`'s keywords (hidden_size, n_layers, ...)."""
     from transformers import LlamaForCausalLM
 
-    config = llama_proxy_config(
-        tokenizer,
-        hidden_size=hidden_size,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        intermediate_size=intermediate_size,
-        max_positions=max_positions,
-        initializer_range=initializer_range,
-    )
+    config = llama_proxy_config(tokenizer, **shape)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
