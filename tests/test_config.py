@@ -9,20 +9,45 @@ import pytest
 from conftest import TINY_PARAMS, write_params
 
 from pluralign.config import (
-    STAGES,
     ConfigError,
     PolicyPretrainConfig,
+    StageConfig,
     load_stage_config,
+    notebook_sections,
     project_root,
+    stage_config_class,
 )
 
+SECTIONS = sorted(set(notebook_sections().values()))
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+
+@pytest.mark.parametrize("stage", SECTIONS)
 @pytest.mark.parametrize("profile", ["cpu", "paper"])
 def test_repo_params_load_for_every_stage_and_profile(stage: str, profile: str) -> None:
     config = load_stage_config(stage, project_root() / "params.yaml", profile)
-    assert isinstance(config, STAGES[stage])
+    assert isinstance(config, stage_config_class(stage))
     assert config.profile == profile
+
+
+def test_stage_configs_are_found_in_config_or_their_own_module() -> None:
+    assert stage_config_class("policy_pretrain") is PolicyPretrainConfig
+    external = stage_config_class("maxmin_tulu2")
+    assert external.__module__ == "pluralign.stage_configs.maxmin_tulu2"
+    assert issubclass(external, StageConfig)
+    with pytest.raises(ConfigError, match="unknown stage 'no_such_stage'"):
+        stage_config_class("no_such_stage")
+
+
+def test_notebook_sections_come_from_dvc_yaml(tmp_path: Path) -> None:
+    sections = notebook_sections()
+    assert sections["04_maxmin_ppo_gpt2"] == "maxmin_gpt2"
+    assert sections["05_maxmin_ppo_tulu2"] == "maxmin_tulu2"
+    bad = tmp_path / "dvc.yaml"
+    bad.write_text("stages:\n  s:\n    cmd: x\n    params: [profile, a, b]\n")
+    assert notebook_sections(bad) == {"s": "a"}  # its own section first, then shared ones
+    bad.write_text("stages:\n  s:\n    cmd: x\n    params: [profile]\n")
+    with pytest.raises(ConfigError, match="stage s lists no params section"):
+        notebook_sections(bad)
 
 
 def test_profile_overrides_shared_keys() -> None:

@@ -14,12 +14,13 @@ import pytest
 import yaml
 from conftest import TINY_PARAMS, write_params
 
-from pluralign.config import NOTEBOOK_SECTIONS, read_params
+from pluralign.config import notebook_sections, read_params
 
 ROOT = Path(__file__).resolve().parents[1]
 GUARD = Path(__file__).resolve().parent / "netguard"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+NOTEBOOK_SECTIONS = notebook_sections(ROOT / "dvc.yaml")
 
 
 def _run(args: list[str], tmp_path: Path, extra_env: dict | None = None):

@@ -16,13 +16,8 @@ SCRIPT = Path(__file__).resolve().parent / "scripts" / "ppo_two_ranks.py"
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="ppo_runner sets total_episodes = updates x per-device batch, as for one process; "
-    "under 2 ranks one update takes 2 x batch episodes, so a 2-update run does 1 update "
-    "(fix: multiply by the number of processes; issue 6)",
-)
-def test_two_process_maxmin_ppo_ranks_agree(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_two_process_maxmin_ppo_ranks_agree(tmp_path: Path, mode: str) -> None:
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [
         str(accelerate),
@@ -38,6 +33,7 @@ def test_two_process_maxmin_ppo_ranks_agree(tmp_path: Path) -> None:
         "no",
         str(SCRIPT),
         str(tmp_path),
+        mode,
     ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -47,3 +43,8 @@ def test_two_process_maxmin_ppo_ranks_agree(tmp_path: Path) -> None:
     assert ranks[0]["digest"] == ranks[1]["digest"]  # one model, synchronized
     assert len(ranks[0]["rewards"]) == len(ranks[1]["rewards"]) == 2
     assert ranks[0]["rewards"] != ranks[1]["rewards"]  # each rank rolled out its own prompts
+    # One checkpoint folder, written once (rank 0), holding both updates.
+    chunks = sorted(p.name for p in (tmp_path / "work").iterdir() if p.name.startswith("chunk"))
+    assert chunks == ["chunk-0000"]
+    log = json.loads((tmp_path / "work" / "chunk-0000" / "log.json").read_text())
+    assert [row["update"] for row in log] == [1, 2]

@@ -149,3 +149,79 @@ def test_run_ppo_rejects_bad_setups(tok, tmp_path: Path):
         run_ppo(policy(tok), tok, prompts(tok), adapter(tok), PPOSettings(1, 8), tmp_path / "z", 0)
     with pytest.raises(ValueError, match="multiple of num_mini_batches"):
         PPOSettings(n_updates=1, batch_size=7)
+
+
+def test_value_model_equals_a_saved_and_reloaded_copy(tok, tmp_path: Path):
+    """The in-memory build gives the same weights and RNG draws as the folder round trip
+    (which fails under several processes: only rank 0 writes the folder)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = policy(tok)
+    torch.manual_seed(3)
+    model.save_pretrained(tmp_path / "p")
+    expected = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "p", num_labels=1, pad_token_id=model.config.pad_token_id
+    )
+    after_expected = torch.rand(3)
+    torch.manual_seed(3)
+    value = ppo_runner.value_model_from(model)
+    assert torch.equal(torch.rand(3), after_expected)
+    assert type(value) is type(expected) and value.config.num_labels == 1
+    assert value.config.pad_token_id == tok.pad_token_id
+    want = expected.state_dict()
+    assert value.state_dict().keys() == want.keys()
+    for name, tensor in value.state_dict().items():
+        assert torch.equal(tensor, want[name]), name
+
+
+def lora_pair(tok, tmp_path: Path):
+    """A LoRA policy and a LoRA value model on one saved base, as notebook 05 builds them."""
+    from pluralign.assets import load_causal_lm, load_sequence_classifier
+    from pluralign.lora import policy_lora_config, reward_lora_config, with_lora
+
+    base = tmp_path / "base"
+    if not base.is_dir():
+        policy(tok).save_pretrained(base)
+    torch.manual_seed(0)
+    value = with_lora(load_sequence_classifier(base, num_labels=1), reward_lora_config(r=4))
+    return with_lora(load_causal_lm(base), policy_lora_config(r=4)), value
+
+
+def test_lora_run_resumes_from_adapter_only_checkpoints(tok, tmp_path: Path, monkeypatch):
+    pol, val = lora_pair(tok, tmp_path)
+    base_before = {k: v.clone() for k, v in pol.state_dict().items() if "lora_" not in k}
+    full, full_log = run_ppo(
+        pol, tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "a", 0, value_model=val
+    )
+    for name, tensor in full.state_dict().items():  # the base stays frozen
+        if name in base_before:
+            assert torch.equal(tensor, base_before[name]), name
+    saved = torch.load(tmp_path / "a" / "chunk-0001" / "policy.pt", weights_only=True)
+    assert saved and all("lora_" in k for k in saved)  # the adapter only, not the base
+    assert full_log["objective/kl"].iloc[1:].abs().gt(0).any()  # reference = adapter off
+
+    real_save = ppo_runner._save_chunk
+
+    def save_then_die(path, *args):
+        real_save(path, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ppo_runner, "_save_chunk", save_then_die)
+    pol, val = lora_pair(tok, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        run_ppo(pol, tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "b", 0, value_model=val)
+    monkeypatch.setattr(ppo_runner, "_save_chunk", real_save)
+    pol, val = lora_pair(tok, tmp_path)
+    resumed, log = run_ppo(
+        pol, tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "b", 0, value_model=val
+    )
+    for name, tensor in full.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    cols = ["update", "objective/kl", "objective/scores", "argmin_group"]
+    assert log[cols].equals(full_log[cols])
+
+
+def test_lora_policy_needs_an_explicit_value_model(tok, tmp_path: Path):
+    pol, _ = lora_pair(tok, tmp_path)
+    with pytest.raises(ValueError, match="explicit value_model"):
+        run_ppo(pol, tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "c", 0)

@@ -17,6 +17,7 @@ looks valid and is not.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import types
 import typing
@@ -420,16 +421,49 @@ STAGES: dict[str, type[StageConfig]] = {
     "inverse_alignment": InverseAlignmentConfig,
 }
 
-#: DVC stage (= notebook file stem) -> the params section it reads.
-NOTEBOOK_SECTIONS: dict[str, str] = {
-    "00_policy_pretrain": "policy_pretrain",
-    "00_sentiment_judge": "sentiment_judge",
-    "01_clone_theory": "clone_theory",
-    "02_weighted_mle": "weighted_mle",
-    "03_em_mixtures": "em_mixtures",
-    "04_maxmin_ppo_gpt2": "maxmin_gpt2",
-    "06_inverse_alignment": "inverse_alignment",
-}
+#: Configs of stages added later live in ``pluralign/stage_configs/<section>.py`` as a
+#: ``Config`` class. Every DVC stage depends on this file, so a stage whose config lived
+#: here would force a rerun of all the others each time one of its fields changed.
+STAGE_CONFIG_PACKAGE = "pluralign.stage_configs"
+
+
+def stage_config_class(section: str) -> type[StageConfig]:
+    """The config dataclass of params section ``section`` (built in, or its own module)."""
+    if section in STAGES:
+        return STAGES[section]
+    try:
+        module = importlib.import_module(f"{STAGE_CONFIG_PACKAGE}.{section}")
+    except ModuleNotFoundError as err:
+        if err.name not in (f"{STAGE_CONFIG_PACKAGE}.{section}", STAGE_CONFIG_PACKAGE):
+            raise
+        raise ConfigError(
+            f"unknown stage {section!r}; known: {sorted(STAGES)} and the modules of "
+            f"{STAGE_CONFIG_PACKAGE}"
+        ) from None
+    cls = getattr(module, "Config", None)
+    if not (isinstance(cls, type) and issubclass(cls, StageConfig)):
+        raise ConfigError(f"{module.__name__}: has no StageConfig subclass named Config")
+    return cls
+
+
+def notebook_sections(dvc_file: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """DVC stage (= notebook file stem) -> the params section it reads.
+
+    Read from ``dvc.yaml``: a stage's ``params`` are ``profile``, its own section first, then
+    any section it also reads (e.g. a shared recipe), so the pipeline file is the one place
+    that says which section a notebook uses."""
+    path = Path(dvc_file) if dvc_file is not None else project_root() / "dvc.yaml"
+    try:
+        stages = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path}: cannot read its stages: {err}") from err
+    sections = {}
+    for stage, spec in stages.items():
+        own = [p for p in spec.get("params", []) if isinstance(p, str) and p != "profile"]
+        if not own:
+            raise ConfigError(f"{path}: stage {stage} lists no params section of its own")
+        sections[stage] = own[0]
+    return sections
 
 
 # --------------------------------------------------------------------------- loading
@@ -463,8 +497,7 @@ def load_stage_config(
     profile: str | None = None,
 ) -> StageConfig:
     """Build the typed config of ``stage`` for ``profile`` from ``params_file``."""
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
+    cls = stage_config_class(stage)
     params = read_params(params_file)
     chosen = resolve_profile(params, profile)
     if stage not in params:
@@ -480,9 +513,9 @@ def load_stage_config(
         if name == chosen:
             merged.update(override)
         else:  # still catch typos in the profile that is not running today
-            _check_known_keys(STAGES[stage], override, f"{stage}.{name}")
+            _check_known_keys(cls, override, f"{stage}.{name}")
     merged["profile"] = chosen
-    return from_mapping(STAGES[stage], merged, stage)
+    return from_mapping(cls, merged, stage)
 
 
 def from_mapping(cls: type[T], values: dict[str, Any], where: str) -> T:

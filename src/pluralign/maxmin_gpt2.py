@@ -265,9 +265,11 @@ def train_policy(
     temperature: float = 0.0,
     progress: bool = False,
     on_checkpoint: Callable[[Any, int], dict[str, float]] | None = None,
+    value_model=None,
 ):
     """PPO on ``rewards`` aggregated by ``how``; each reward is z-scored on the reference
-    policy's samples ``reference_texts`` first. Returns (policy, per-update log, adapter)."""
+    policy's samples ``reference_texts`` first. Returns (policy, per-update log, adapter).
+    ``value_model``: see ``ppo_runner.run_ppo`` (required for a LoRA policy)."""
     from pluralign.maxmin_rewards import Normalizer, TextRewardAdapter
     from pluralign.ppo_runner import run_ppo
 
@@ -275,7 +277,16 @@ def train_policy(
     context = len(prompts[0]["input_ids"])
     adapter = TextRewardAdapter(tokenizer, context, rewards, norms, how, temperature)
     policy, log = run_ppo(
-        policy, tokenizer, prompts, adapter, settings, workdir, seed, progress, on_checkpoint
+        policy,
+        tokenizer,
+        prompts,
+        adapter,
+        settings,
+        workdir,
+        seed,
+        progress,
+        on_checkpoint,
+        value_model=value_model,
     )
     return policy, log, adapter
 
@@ -312,9 +323,11 @@ def run_and_evaluate(
     temperature: float = 0.0,
     progress: bool = False,
     on_checkpoint: Callable[[Any, int], dict[str, float]] | None = None,
+    value_loader: Callable[[], Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], Rollouts]:
     """Train one PPO policy and evaluate it against the reference on held-out prompts by
-    each group's ground truth. Returns (per-update log, summary row, eval rollouts)."""
+    each group's ground truth. Returns (per-update log, summary row, eval rollouts).
+    ``value_loader()`` builds the critic (a LoRA policy needs one; default: a policy copy)."""
     import time
 
     t0 = time.perf_counter()
@@ -331,6 +344,7 @@ def run_and_evaluate(
         temperature,
         progress,
         on_checkpoint,
+        value_model=None if value_loader is None else value_loader(),
     )
     train_s = time.perf_counter() - t0
     roll = sample_rollouts(

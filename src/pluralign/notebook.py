@@ -15,10 +15,11 @@ from typing import Any
 
 from pluralign.assets import use_offline_hub
 from pluralign.config import (
-    NOTEBOOK_SECTIONS,
+    ConfigError,
     ProjectPaths,
     StageConfig,
     load_stage_config,
+    notebook_sections,
     project_root,
 )
 from pluralign.plotting import set_theme
@@ -52,7 +53,10 @@ def start_stage(
     output_root: str | os.PathLike[str] | None = None,
 ) -> Stage:
     """Load the stage's params section for ``profile``, seed, theme; paths under ``output_root``."""
-    config = load_stage_config(NOTEBOOK_SECTIONS[name], params_file, profile)
+    sections = notebook_sections()
+    if name not in sections:
+        raise ConfigError(f"{name}: not a stage of dvc.yaml (stages: {sorted(sections)})")
+    config = load_stage_config(sections[name], params_file, profile)
     if config.profile == "cpu":
         use_offline_hub()
     set_seed(config.seed)

@@ -14,6 +14,15 @@ CPU pitfalls handled here (see ../shared/ENVIRONMENT.md): ``bf16=False``; PAD !=
 ``stop_token="eos"``; rollout batch = per-device batch (no accumulation); constant lr;
 ``num_sample_generations=0``; the value model is the policy's architecture with a new
 one-output head.
+
+Several processes (``accelerate launch``, DDP): every rank runs this function on the same
+``workdir``; ``total_episodes`` counts the episodes of all ranks (TRL's update consumes
+``batch_size`` prompts per rank), only the main process writes checkpoints, and all ranks
+wait for it before going on, so a resume reads one consistent state.
+
+LoRA (peft) policy: the reference is the policy with its adapter disabled (TRL's
+``null_ref_context``; no second copy of a 7B base), and checkpoints hold the adapter
+weights only. A peft policy needs an explicit ``value_model`` (e.g. the base checkpoint with LoRA).
 """
 
 from __future__ import annotations
@@ -52,6 +61,8 @@ class PPOSettings:
     response_length: int = 32
     temperature: float = 0.7
     checkpoint_every: int = 10
+    whiten_rewards: bool = False
+    """TRL's per-batch whitening of the advantages' rewards (the paper's "reward scaling")."""
 
     def __post_init__(self) -> None:
         for name in ("n_updates", "batch_size", "num_mini_batches", "num_ppo_epochs"):
@@ -75,14 +86,70 @@ class _Collect(TrainerCallback):
 
 
 def value_model_from(policy: PreTrainedModel) -> PreTrainedModel:
-    """A value model with the policy's architecture and weights and a fresh scalar head."""
-    from transformers import AutoModelForSequenceClassification
+    """A value model with the policy's architecture and weights and a fresh scalar head.
 
-    with tempfile.TemporaryDirectory(prefix="pluralign-value-") as tmp:
-        policy.save_pretrained(tmp)
-        return AutoModelForSequenceClassification.from_pretrained(
-            tmp, num_labels=1, pad_token_id=policy.config.pad_token_id
-        )
+    Built from the in-memory state dict, not a saved folder: under several processes
+    ``save_pretrained`` writes on rank 0 only, so other ranks would find an empty folder.
+    The result (and the RNG draws for the new head) equals a save/``from_pretrained`` round
+    trip (checked in the tests).
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    config = copy.deepcopy(policy.config)
+    config.num_labels = 1
+    config.pad_token_id = policy.config.pad_token_id
+    cls = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
+    return cls.from_pretrained(None, config=config, state_dict=policy.state_dict())
+
+
+def _ddp_safe_trainer():
+    """TRL 1.12's ``PPOTrainer`` with a peft policy working under DDP.
+
+    For a peft policy the reference pass runs the policy with its adapter disabled and reads
+    ``self.model.policy`` (``null_ref_context`` and ``train``). Under several processes
+    ``self.model`` is the ``DistributedDataParallel`` wrapper, which has no ``policy``, so
+    TRL fails with an AttributeError. The reference pass is a no-grad forward that needs no
+    gradient sync, so exposing the wrapped model's policy on the wrapper is enough.
+    """
+    from trl.experimental.ppo import PPOTrainer
+
+    class DDPSafePPOTrainer(PPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            inner = self.accelerator.unwrap_model(self.model)
+            if inner is not self.model and not hasattr(self.model, "policy"):
+                # object.__setattr__: keep it out of the wrapper's registered submodules.
+                object.__setattr__(self.model, "policy", inner.policy)
+
+    return DDPSafePPOTrainer
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # peft is optional for full fine-tuning
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps: the adapter (and saved heads) of a peft model, else all."""
+    if _is_peft(model):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+    return model.state_dict()
+
+
+def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    if _is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, state)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"checkpoint keys the model lacks: {result.unexpected_keys[:5]}")
+    else:
+        model.load_state_dict(state)
 
 
 def _chunks(settings: PPOSettings) -> list[int]:
@@ -115,6 +182,7 @@ def run_ppo(
     seed: int,
     progress: bool = False,
     on_checkpoint: Callable[[PreTrainedModel, int], dict[str, float]] | None = None,
+    value_model: PreTrainedModel | None = None,
 ) -> tuple[PreTrainedModel, pd.DataFrame]:
     """Train ``policy`` (in place) with PPO on ``prompts`` (column ``input_ids``, all the same
     length) against ``reward``; returns the policy and one row per update (TRL's metrics plus
@@ -122,8 +190,15 @@ def run_ppo(
 
     ``on_checkpoint(policy, updates_done)`` runs after each chunk, before its checkpoint is
     written; its values join that chunk's last log row (e.g. ground truth measured during
-    training), so they survive a resume like the rest of the log."""
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    training), so they survive a resume like the rest of the log.
+
+    ``value_model``: the critic to train (e.g. a LoRA sequence classifier loaded from the
+    policy's base checkpoint); required for a peft policy, else :func:`value_model_from`."""
+    from accelerate import PartialState
+    from trl.experimental.ppo import PPOConfig
+
+    trainer_class = _ddp_safe_trainer()
+    state = PartialState(cpu=not torch.cuda.is_available())
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -147,17 +222,25 @@ def run_ppo(
     meta_file = workdir / "run.json"
     if meta_file.is_file() and json.loads(meta_file.read_text()) != meta:
         raise ValueError(f"{workdir} holds checkpoints of a different run: {meta_file}")
-    write_json_atomic(meta_file, meta)
+    if state.is_main_process:
+        write_json_atomic(meta_file, meta)
+    state.wait_for_everyone()
 
-    ref = copy.deepcopy(policy).eval()
-    value = value_model_from(policy)
+    peft_policy = _is_peft(policy)
+    ref = None if peft_policy else copy.deepcopy(policy).eval()
+    if value_model is not None:
+        value = value_model
+    elif peft_policy:  # its saved folder holds the adapter only, not a model to copy
+        raise ValueError("a peft (LoRA) policy needs an explicit value_model")
+    else:
+        value = value_model_from(policy)
     start = _last_complete(workdir, len(sizes)) + 1
     optimizer_state = None
     logs: list[dict[str, Any]] = []
     if start > 0:  # resume
         ck = _chunk_dir(workdir, start - 1)
-        policy.load_state_dict(_load(ck / "policy.pt"))
-        value.load_state_dict(_load(ck / "value.pt"))
+        _restore(policy, _load(ck / "policy.pt"))
+        _restore(value, _load(ck / "value.pt"))
         optimizer_state = _load(ck / "optimizer.pt")
         logs = json.loads((ck / "log.json").read_text())
     bar = tqdm(
@@ -183,10 +266,11 @@ def run_ppo(
                 learning_rate=settings.learning_rate,
                 lr_scheduler_type="constant",
                 kl_coef=settings.kl_coef,
+                whiten_rewards=settings.whiten_rewards,
                 response_length=settings.response_length,
                 temperature=settings.temperature,
                 stop_token="eos",
-                total_episodes=sizes[index] * settings.batch_size,
+                total_episodes=sizes[index] * settings.batch_size * state.num_processes,
                 num_sample_generations=0,
                 logging_steps=1,
                 save_strategy="no",
@@ -195,7 +279,7 @@ def run_ppo(
                 use_cpu=not torch.cuda.is_available(),
                 disable_tqdm=True,
             )
-            trainer = PPOTrainer(
+            trainer = trainer_class(
                 args=config,
                 processing_class=tokenizer,
                 model=policy,
@@ -220,7 +304,9 @@ def run_ppo(
         if on_checkpoint is not None:
             logs[-1].update(on_checkpoint(policy, len(logs)))
             policy.train()
-        _save_chunk(_chunk_dir(workdir, index), policy, value, optimizer_state, logs)
+        if state.is_main_process:
+            _save_chunk(_chunk_dir(workdir, index), policy, value, optimizer_state, logs)
+        state.wait_for_everyone()
         bar.update(sizes[index])
     bar.close()
     policy.eval()
@@ -234,8 +320,8 @@ def _load(path: Path) -> Any:
 
 def _save_chunk(path: Path, policy, value, optimizer_state, logs) -> None:
     def write(tmp: Path) -> None:
-        torch.save(policy.state_dict(), tmp / "policy.pt")
-        torch.save(value.state_dict(), tmp / "value.pt")
+        torch.save(_state(policy), tmp / "policy.pt")
+        torch.save(_state(value), tmp / "value.pt")
         torch.save(optimizer_state, tmp / "optimizer.pt")
         (tmp / "log.json").write_text(json.dumps(logs))
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from pluralign.assets import OFFLINE_ENV
 from pluralign.config import (
-    NOTEBOOK_SECTIONS,
     ConfigError,
     ProjectPaths,
     load_stage_config,
+    notebook_sections,
     project_root,
     read_params,
     resolve_profile,
@@ -53,8 +53,9 @@ def run_notebook(
         raise FileNotFoundError(f"{notebook}: notebook not found")
     params_path = Path(params_file).resolve() if params_file else root / "params.yaml"
     chosen = resolve_profile(read_params(params_path), profile)
-    if notebook.stem in NOTEBOOK_SECTIONS:  # a bad param fails here, before any kernel starts
-        load_stage_config(NOTEBOOK_SECTIONS[notebook.stem], params_path, chosen)
+    sections = notebook_sections(root / "dvc.yaml")
+    if notebook.stem in sections:  # a bad param fails here, before any kernel starts
+        load_stage_config(sections[notebook.stem], params_path, chosen)
     out_root = Path(output_root).resolve() if output_root else root
     executed = ProjectPaths(out_root).executed_notebook(notebook.stem)
     executed.parent.mkdir(parents=True, exist_ok=True)

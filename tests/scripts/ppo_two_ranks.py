@@ -1,6 +1,8 @@
 """Run by tests/test_ppo_multiprocess.py under ``accelerate launch --multi_gpu
 --num_processes 2`` on CPU (gloo): a few MaxMin PPO updates of a tiny Llama proxy through
-``ppo_runner.run_ppo``; each rank writes its final-weight digest and its reward history."""
+``ppo_runner.run_ppo`` (full fine-tuning, or LoRA policy + LoRA value model with the
+reference as the adapter-disabled policy); both ranks share one checkpoint folder, written by
+rank 0; each rank writes its final-weight digest and its reward history."""
 
 from __future__ import annotations
 
@@ -8,22 +10,31 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
 
-from pluralign.assets import load_gpt2_tokenizer
+from pluralign.assets import load_gpt2_tokenizer, load_sequence_classifier
 from pluralign.llama_proxy import build_llama_proxy
+from pluralign.lora import policy_lora_config, reward_lora_config, with_lora
 from pluralign.maxmin_rewards import Normalizer, TextRewardAdapter
 from pluralign.ppo_runner import PPOSettings, run_ppo
 
 
-def main(out: Path) -> None:
+def main(out: Path, mode: str) -> None:
     rank = int(os.environ["RANK"])
     tok = load_gpt2_tokenizer(max_merges=300)
     policy = build_llama_proxy(tok, hidden_size=16, n_layers=1, n_heads=2, intermediate_size=32)
+    value = None
+    if mode == "lora":
+        with tempfile.TemporaryDirectory() as base:
+            policy.save_pretrained(base)
+            torch.manual_seed(1)  # the value head's init, the same on both ranks
+            value = with_lora(load_sequence_classifier(base, num_labels=1), reward_lora_config(r=4))
+        policy = with_lora(policy, policy_lora_config(r=4))
     prompts = Dataset.from_dict(
         {"input_ids": [[tok.eos_token_id, 10 + i % 50, 20 + i % 7, 30] for i in range(32)]}
     )
@@ -36,9 +47,13 @@ def main(out: Path) -> None:
     settings = PPOSettings(
         n_updates=2, batch_size=4, num_mini_batches=2, num_ppo_epochs=1, response_length=6
     )
-    policy, _ = run_ppo(policy, tok, prompts, adapter, settings, out / f"work-rank{rank}", 0)
+    policy, _ = run_ppo(policy, tok, prompts, adapter, settings, out / "work", 0, value_model=value)
     digest = hashlib.sha256(
-        b"".join(p.detach().to(torch.float32).numpy().tobytes() for p in policy.parameters())
+        b"".join(
+            p.detach().to(torch.float32).numpy().tobytes()
+            for p in policy.parameters()
+            if p.requires_grad
+        )
     ).hexdigest()
     record = {
         "rank": rank,
@@ -50,4 +65,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2])
