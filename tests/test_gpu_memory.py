@@ -133,3 +133,20 @@ def test_bad_arguments() -> None:
         _estimate(n_reward_models=0)
     with pytest.raises(ValueError, match="r=0"):
         _estimate(policy_lora_r=0)
+
+
+def test_ppo_update_seconds_matches_the_hand_computation() -> None:
+    from pluralign.gpu_memory import ppo_update_seconds
+
+    t = ppo_update_seconds(7e9, 8, 256, 256, n_reward_models=2, ppo_epochs=8, mfu=0.5)
+    tokens = 8 * 512
+    assert t["generation"] == pytest.approx(256 * 7e9 * 2 / 2039e9)
+    assert t["scoring"] == pytest.approx(4 * 2 * 7e9 * tokens / (312e12 * 0.5))
+    assert t["training"] == pytest.approx(8 * 12 * 7e9 * tokens / (312e12 * 0.5))
+    assert t["total"] == pytest.approx(t["generation"] + t["scoring"] + t["training"])
+    faster = ppo_update_seconds(7e9, 8, 256, 256, gpu="H100-SXM", mfu=0.5)
+    assert faster["total"] < t["total"]
+    with pytest.raises(ValueError, match="unknown gpu"):
+        ppo_update_seconds(7e9, 8, 256, 256, gpu="TPU")
+    with pytest.raises(ValueError, match="mfu"):
+        ppo_update_seconds(7e9, 8, 256, 256, mfu=0)

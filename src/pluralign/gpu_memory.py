@@ -126,3 +126,54 @@ def ppo_memory_estimate(
     estimate = {name: float(size) / GIB for name, size in parts.items()}
     estimate["total"] = sum(estimate.values())
     return estimate
+
+
+# --------------------------------------------------------------------------- time per update
+
+#: Published datasheet figures (dense bf16 tensor-core TFLOPS, HBM GB/s): NVIDIA A100
+#: 80GB SXM datasheet and NVIDIA H100 SXM datasheet.
+HARDWARE: dict[str, tuple[float, float]] = {
+    "A100-80GB-SXM": (312.0, 2039.0),
+    "H100-SXM": (989.0, 3350.0),
+}
+
+
+def ppo_update_seconds(
+    n_params: float,
+    batch_size: int,
+    prompt_len: int,
+    response_len: int,
+    n_reward_models: int = 2,
+    ppo_epochs: int = 8,
+    weight_bytes: float = 2,
+    gpu: str = "A100-80GB-SXM",
+    mfu: float = 0.4,
+) -> dict[str, float]:
+    """Seconds of one PPO update on one GPU, from parameter counts and datasheet figures.
+
+    * ``generation``: ``response_len`` decoding steps, each reading every weight once
+      (memory bound at PPO batch sizes): ``response_len * n_params * weight_bytes / bandwidth``.
+    * ``scoring``: forward passes over the ``batch_size * (prompt_len + response_len)``
+      tokens of reference, value and K reward models, 2 FLOPs per parameter and token.
+    * ``training``: ``ppo_epochs`` passes of policy and value forward + backward with
+      gradient checkpointing, ~6 FLOPs per parameter and token (LoRA skips the weight
+      gradients but the recomputed forward adds them back).
+
+    Compute runs at ``mfu`` (model FLOPs utilisation, assumed 0.4) of the datasheet peak.
+    An order-of-magnitude guide: 8-bit bitsandbytes bases decode slower than bf16, and
+    Python overhead dominates tiny batches.
+    """
+    if gpu not in HARDWARE:
+        raise ValueError(f"unknown gpu {gpu!r}; known: {sorted(HARDWARE)}")
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    tflops, gbs = HARDWARE[gpu]
+    flops_per_s = tflops * 1e12 * mfu
+    tokens = batch_size * (prompt_len + response_len)
+    parts = {
+        "generation": response_len * n_params * weight_bytes / (gbs * 1e9),
+        "scoring": (2 + n_reward_models) * 2 * n_params * tokens / flops_per_s,
+        "training": ppo_epochs * 2 * 6 * n_params * tokens / flops_per_s,
+    }
+    parts["total"] = sum(parts.values())
+    return parts

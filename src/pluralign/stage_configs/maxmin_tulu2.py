@@ -67,8 +67,6 @@ class Config(StageConfig):
     users_minority: int
     comparisons_per_user: int
     label_beta: float
-    minority_fraction: float
-    """Hub profile: the biased single reward model's share of the minority file (paper 1/10)."""
     rm_lora_r: int
     policy_lora_r: int
     rm_epochs: float
@@ -90,6 +88,10 @@ class Config(StageConfig):
     whiten_rewards: bool
     checkpoint_every: int
     seeds: list[int]
+    launcher: str | None
+    """``None``: train in the notebook's process (cpu, one GPU). Else an accelerate config
+    (``configs/accelerate/multi_gpu.yaml``, ``deepspeed_zero3.yaml``): each PPO run is then
+    ``accelerate launch --config_file <launcher> -m pluralign.maxmin_tulu2 <arm spec>``."""
 
     # ---- evaluation
     judge: str
