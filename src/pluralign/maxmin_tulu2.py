@@ -435,7 +435,8 @@ def train_arm(spec: ArmSpec, progress: bool = False) -> Path:
         write_json_atomic(
             out / "timing.json", {"train_seconds": seconds, "processes": state.num_processes}
         )
-        write_json_atomic(out / "log.json", log.to_dict(orient="records"))
+        records = log.astype(object).where(log.notna(), None)  # JSON has null, not NaN
+        write_json_atomic(out / "log.json", records.to_dict(orient="records"))
     state.wait_for_everyone()
     return out
 
