@@ -43,7 +43,7 @@ from pluralign import maxmin_gpt2 as mg
 from pluralign.assets import AssetError, load_causal_lm, load_sequence_classifier
 from pluralign.config import PolicyPretrainConfig
 from pluralign.lora import policy_lora_config, quantization_config, reward_lora_config, with_lora
-from pluralign.psoups import DIMENSIONS, dimension_scores, load_psoups_file
+from pluralign.psoups import DIMENSIONS, _no_load_ping, dimension_scores, load_psoups_file
 from pluralign.runlog import save_dir_atomic, write_json_atomic
 
 GROUPS = ("majority", "minority")
@@ -90,13 +90,25 @@ def pretrain_proxy(cfg: Any, recipe: PolicyPretrainConfig, model_dir: str | Path
         return train_and_evaluate(run, model_dir)
 
 
+def is_hub_name(name_or_path: str) -> bool:
+    """``owner/name`` that is not a local path (a missing local file must say "not found",
+    not "pin a revision")."""
+    text = str(name_or_path)
+    path = Path(text)
+    return (
+        not path.exists()
+        and not text.startswith((".", "/", "~"))
+        and text.count("/") == 1
+        and path.suffix not in {".json", ".jsonl", ".csv", ".parquet"}
+    )
+
+
 def require_pinned(name_or_path: str, revision: str | None, what: str) -> None:
     """A hub source needs a pinned revision (a re-upload must not change results silently);
     a local path must not have one."""
-    local = Path(name_or_path).exists() or str(name_or_path).startswith((".", "/"))
-    if local and revision:
+    if not is_hub_name(name_or_path) and revision:
         raise ValueError(f"{what}: {name_or_path} is a local path; its revision must be null")
-    if not local and not revision:
+    if is_hub_name(name_or_path) and not revision:
         raise ValueError(
             f"{what}: {name_or_path} is a hub name: pin a revision (commit or tag) in params"
         )
@@ -222,12 +234,14 @@ def load_prompt_texts(
 
     require_pinned(name_or_path, revision, "prompts")
     path = Path(name_or_path)
-    where = f"{name_or_path}:{split}" if revision is None else f"{name_or_path}@{revision}:{split}"
+    local = not is_hub_name(name_or_path)
+    where = str(path) if local else f"{name_or_path}@{revision}:{split}"
     try:
-        if path.is_file():
-            data = load_dataset("json", data_files=str(path), split="train")
-        else:
-            data = load_dataset(str(name_or_path), revision=revision, split=split)
+        with _no_load_ping(local):  # no download-count request for a local file
+            if path.is_file():
+                data = load_dataset("json", data_files=str(path), split="train")
+            else:
+                data = load_dataset(str(name_or_path), revision=revision, split=split)
     except Exception as err:  # datasets raises many types
         raise AssetError(f"{where}: cannot load: {err}") from err
     if column not in data.column_names:
@@ -257,11 +271,18 @@ def chat_prompt_ids(
 def sample(
     policy, tokenizer, prompt_ids: Sequence[Sequence[int]], max_new_tokens, temperature, seed
 ):
-    """``maxmin_gpt2.sample_rollouts`` for left-padded prompts: PAD is stripped before
-    generation (so it is masked, not attended) and restored in ``prompt_ids``, so every
-    rollout keeps the one prompt length that ``kl_to_reference`` needs."""
+    """``maxmin_gpt2.sample_rollouts`` for left-padded prompts: the left padding is stripped
+    before generation (so it is masked, not attended) and restored in ``prompt_ids``, so
+    every rollout keeps the one prompt length that ``kl_to_reference`` needs. Only leading
+    PADs go: where UNK pads (:func:`load_chat_tokenizer`), an UNK inside a prompt stays."""
     pad = tokenizer.pad_token_id
-    stripped = [[t for t in p if t != pad] for p in prompt_ids]
+
+    def strip_left(ids: Sequence[int]) -> list[int]:
+        ids = list(ids)
+        start = next((i for i, t in enumerate(ids) if t != pad), len(ids))
+        return ids[start:]
+
+    stripped = [strip_left(p) for p in prompt_ids]
     roll = mg.sample_rollouts(policy, tokenizer, stripped, max_new_tokens, temperature, seed)
     return dataclasses.replace(roll, prompt_ids=[list(p) for p in prompt_ids])
 
