@@ -3,17 +3,22 @@ Tulu's chat format), run offline on local stand-ins of the RLPHF release's files
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import datasets.config
 import numpy as np
 import pytest
+from conftest import TINY_PARAMS, write_params
+from test_pipeline import ROOT, _run
 
 from pluralign import maxmin_tulu2 as mt
 from pluralign.assets import load_gpt2_tokenizer
+from pluralign.llama_proxy import build_llama_proxy
 
 COLUMNS = {"prompt": "instruction", "chosen": "better", "rejected": "worse"}
 
@@ -118,3 +123,74 @@ def test_instruction_file_to_chat_prompts(tmp_path: Path, offline_loads):
         body = tok(f"<|user|>\n{text}\n<|assistant|>\n")["input_ids"]
         assert len(row) == 24 and row[-len(body) :] == body
         assert set(row[: -len(body)]) == {tok.pad_token_id}
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_notebook_05_hub_path_runs_on_local_standins(tmp_path: Path) -> None:
+    """The whole hub-profile path of notebook 05 (a Tulu-like backbone folder, P-SOUPS files,
+    instruction files, chat prompts, reward-model judge), offline on local stand-ins."""
+    tok = load_gpt2_tokenizer(max_merges=300)
+    tulu = tmp_path / "tulu"
+    build_llama_proxy(
+        tok, hidden_size=16, n_layers=1, n_heads=2, intermediate_size=32
+    ).save_pretrained(tulu)
+    tok.save_pretrained(tulu)
+    data = tmp_path / "rlphf"
+    data.mkdir()
+    topics = ["rain", "stars", "bread", "music", "trees", "rivers", "cats", "maps", "glass"]
+    for dim, (good, bad) in {
+        "P1A": ("It is wet.", "Precipitation manifests."),
+        "P1B": ("Precipitation manifests.", "It is wet."),
+    }.items():
+        rows = [
+            {"prompt": f"Explain {t} {i}.", "chosen": f" {good} {i}", "rejected": f" {bad} {i}"}
+            for i, t in enumerate(topics * 2)
+        ]
+        _jsonl(data / f"{dim}.json", rows)
+    alpaca = _jsonl(
+        tmp_path / "alpaca.json", [{"instruction": f"Tell me about {t}."} for t in topics]
+    )
+    koala = _jsonl(tmp_path / "koala.json", [{"prompt": f"Why {t}?"} for t in topics])
+
+    params = copy.deepcopy(TINY_PARAMS)
+    section = params["maxmin_tulu2"]
+    section["cpu"] |= {
+        "policy": str(tulu),
+        "preference_data": str(data),
+        "psoups_files": {"P1A": "P1A.json", "P1B": "P1B.json"},
+        "ppo_prompts": str(alpaca),
+        "ppo_prompt_column": "instruction",
+        "eval_prompts": str(koala),
+        "eval_prompt_column": "prompt",
+        "prompt_tokens": 48,
+        "n_pref_prompts": 0,
+        "judge": "reward_model",
+    }
+    params_file = write_params(tmp_path / "params.yaml", params)
+    out = tmp_path / "out"
+    proc, attempts = _run(
+        [
+            sys.executable,
+            "-m",
+            "pluralign.run_notebook",
+            str(ROOT / "notebooks" / "05_maxmin_ppo_tulu2.ipynb"),
+            "--params-file",
+            str(params_file),
+            "--output-root",
+            str(out),
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert attempts == []
+    metrics = json.loads((out / "results/metrics/05_maxmin_ppo_tulu2.json").read_text())
+    assert "proxy_perplexity" not in metrics  # no proxy pretraining on this path
+    assert not (out / "models" / "llama_proxy").exists()
+    for method in ("single", "maxmin"):
+        for group in ("majority", "minority", "average"):
+            assert 0.0 <= metrics[f"win_{method}_{group}"] <= 1.0
+    assert not any(k.startswith("rm_acc_") for k in metrics)  # no planted truth on this path
