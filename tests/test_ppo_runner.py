@@ -174,6 +174,23 @@ def test_value_model_equals_a_saved_and_reloaded_copy(tok, tmp_path: Path):
         assert torch.equal(tensor, want[name]), name
 
 
+def test_value_model_shares_no_storage_with_the_policy(tok):
+    """``from_pretrained(state_dict=...)`` adopts the tensors it is given; a critic sharing
+    them would move the policy with every value-loss step."""
+    model = policy(tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    value = ppo_runner.value_model_from(model)
+    policy_storage = {t.untyped_storage().data_ptr() for t in model.state_dict().values()}
+    assert not any(
+        t.untyped_storage().data_ptr() in policy_storage for t in value.state_dict().values()
+    )
+    with torch.no_grad():
+        for param in value.parameters():
+            param.add_(1.0)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
 def lora_pair(tok, tmp_path: Path):
     """A LoRA policy and a LoRA value model on one saved base, as notebook 05 builds them."""
     from pluralign.assets import load_causal_lm, load_sequence_classifier

@@ -91,7 +91,9 @@ def value_model_from(policy: PreTrainedModel) -> PreTrainedModel:
     Built from the in-memory state dict, not a saved folder: under several processes
     ``save_pretrained`` writes on rank 0 only, so other ranks would find an empty folder.
     The result (and the RNG draws for the new head) equals a save/``from_pretrained`` round
-    trip (checked in the tests).
+    trip (checked in the tests). The state dict is cloned: ``from_pretrained`` adopts the
+    given tensors, and a critic sharing storage with the policy would train the policy's
+    weights with the value loss (this bug moved stages 04 and 06 once).
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
 
@@ -99,7 +101,8 @@ def value_model_from(policy: PreTrainedModel) -> PreTrainedModel:
     config.num_labels = 1
     config.pad_token_id = policy.config.pad_token_id
     cls = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)]
-    return cls.from_pretrained(None, config=config, state_dict=policy.state_dict())
+    weights = {name: tensor.detach().clone() for name, tensor in policy.state_dict().items()}
+    return cls.from_pretrained(None, config=config, state_dict=weights)
 
 
 def _ddp_safe_trainer():
