@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,21 @@ def tiny_gpt2(tok, seed: int, init: float = 0.02) -> GPT2LMHeadModel:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model
+
+
+@pytest.fixture
+def host_lookups(monkeypatch) -> list[str]:
+    """Host names looked up during the test; any but localhost fails. A local load must not
+    reach the network, and datasets swallows the error of its download-count ping, so tests
+    assert on the record rather than rely on the raise."""
+    seen: list[str] = []
+    real = socket.getaddrinfo
+
+    def record(host, *args, **kwargs):
+        seen.append(str(host))
+        if host not in ("localhost", "127.0.0.1", "::1", None):
+            raise socket.gaierror(f"test: no lookup of {host!r}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", record)
+    return seen

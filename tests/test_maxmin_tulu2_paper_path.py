@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -58,20 +57,10 @@ def _cfg(data: Path, **changes) -> SimpleNamespace:
 
 
 @pytest.fixture
-def offline_loads(tmp_path: Path, monkeypatch) -> list[str]:
+def offline_loads(tmp_path: Path, monkeypatch, host_lookups: list[str]) -> list[str]:
     """Datasets cache in tmp; host names looked up while loading are recorded."""
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-    seen: list[str] = []
-    real = socket.getaddrinfo
-
-    def record(host, *args, **kwargs):
-        seen.append(str(host))
-        if host not in ("localhost", "127.0.0.1", "::1", None):
-            raise socket.gaierror(f"test: no lookup of {host!r}")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", record)
-    return seen
+    return host_lookups
 
 
 def test_load_psoups_reads_both_groups_files_with_the_column_mapping(
