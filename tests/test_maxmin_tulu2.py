@@ -59,11 +59,6 @@ def proxy(tok):
 
 
 @pytest.fixture
-def no_lookups(host_lookups: list[str]) -> list[str]:
-    return host_lookups
-
-
-@pytest.fixture
 def datasets_cache(tmp_path: Path, monkeypatch) -> Path:
     """Keep ``load_dataset``'s cache out of the home folder."""
     cache = tmp_path / "hf-datasets-cache"
@@ -314,12 +309,12 @@ def test_load_prompt_texts_checks_pinning_before_loading(tmp_path: Path):
 
 
 def test_load_prompt_texts_of_a_local_file_makes_no_network_lookup(
-    tmp_path: Path, datasets_cache, no_lookups: list[str], monkeypatch
+    tmp_path: Path, datasets_cache, host_lookups: list[str], monkeypatch
 ):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # as in a hand-run notebook
     path = _jsonl(tmp_path / "p.jsonl", [{"q": "a"}, {"q": "b"}])
     assert mt.load_prompt_texts(str(path), None, "train", "q") == ["a", "b"]
-    assert no_lookups == []
+    assert host_lookups == []
 
 
 # --------------------------------------------------------------------------- preferences

@@ -174,12 +174,7 @@ ROWS = [
 MAP = {"prompt": "instruction", "chosen": "better", "rejected": "worse"}
 
 
-@pytest.fixture
-def lookups(host_lookups: list[str]) -> list[str]:
-    return host_lookups
-
-
-def test_load_local_json_with_column_mapping(tmp_path, lookups):
+def test_load_local_json_with_column_mapping(tmp_path, host_lookups):
     path = _write(tmp_path / "p2a.jsonl", ROWS)
     data = psoups.load_psoups_file(path, columns=MAP, cache_dir=tmp_path / "cache")
     assert data.column_names == ["prompt", "chosen", "rejected"]
@@ -194,7 +189,7 @@ def test_load_local_json_with_column_mapping(tmp_path, lookups):
     _write(folder / "train.jsonl", std)
     again = psoups.load_psoups_file(folder, cache_dir=tmp_path / "cache")
     assert again.to_dict() == data.to_dict()
-    assert lookups == []
+    assert host_lookups == []
 
 
 @pytest.mark.parametrize(
