@@ -1,0 +1,321 @@
+"""What notebooks 04, 05 and 06 share: preference pairs, the reward-model trio, PPO arms.
+
+The experiments differ in data, users and evaluation; the plumbing between them is the same
+and lives here, so a notebook reads *data -> rewards -> PPO arms -> evaluation*:
+
+* :class:`PreferencePairs`: two reference samples per preference prompt, each group's
+  ground truth of both, and an 80/20 split of the prompts into labelled and held-out pairs
+  (held-out pairs measure a reward model's accuracy per group);
+* :func:`fit_single_and_em` and :func:`fit_per_group`: the pooled reward model, the
+  hard-EM mixture (MaxMin-RLHF, Alg. 1) and, as an ablation, one model per *true* group;
+* :class:`Arm` and :func:`run_arm`: one PPO run on learned rewards, evaluated by each
+  group's ground truth against the reference policy on held-out prompts.
+
+Call order matters for reproducibility: a fresh reward or value head draws from torch's
+global RNG, so notebooks keep their cells' order and these functions keep the order of
+their steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pluralign._typing import IntArray, TextScore
+from pluralign.core.maxmin import Aggregation
+from pluralign.core.simulate import PairLabels, label_pairs
+from pluralign.core.stats import evaluate, pair_accuracy, standardize_columns
+from pluralign.training.generation import (
+    GenerationSettings,
+    Rollouts,
+    kl_to_reference,
+    sample_rollouts,
+)
+from pluralign.training.neural_mixture import NeuralEMResult, fit_neural_em
+from pluralign.training.ppo import PPOSettings, train_policy
+from pluralign.training.reward_models import RewardModelSettings, fit_reward_model, score_texts
+
+Truth = Callable[[Rollouts], pd.DataFrame]
+"""Each group's ground truth of each rollout: one column per group."""
+
+
+# --------------------------------------------------------------------------- preference data
+
+
+@dataclass
+class PreferencePairs:
+    """Two reference-policy samples ``a``, ``b`` per preference prompt and their ground truth.
+
+    Pairs ``train`` (the first 80% of the prompts) are labelled by simulated users; pairs
+    ``held`` are never labelled and measure reward-model accuracy."""
+
+    a: Rollouts
+    b: Rollouts
+    truth_a: pd.DataFrame
+    truth_b: pd.DataFrame
+    n_train: int
+
+    @classmethod
+    def sample(
+        cls,
+        policy: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_ids: Sequence[Sequence[int]],
+        generation: GenerationSettings,
+        truth: Truth,
+        seed: int,
+        train_fraction: float = 0.8,
+    ) -> PreferencePairs:
+        """Sample both sides with seeds ``seed + 1`` and ``seed + 2`` and score them."""
+        a = sample_rollouts(
+            policy, tokenizer, prompt_ids, generation.max_new_tokens, generation.temperature,
+            seed + 1,
+        )  # fmt: skip
+        b = sample_rollouts(
+            policy, tokenizer, prompt_ids, generation.max_new_tokens, generation.temperature,
+            seed + 2,
+        )  # fmt: skip
+        return cls(a, b, truth(a), truth(b), int(train_fraction * len(prompt_ids)))
+
+    @property
+    def train(self) -> IntArray:
+        return np.arange(self.n_train)
+
+    @property
+    def held(self) -> IntArray:
+        return np.arange(self.n_train, len(self.a))
+
+    def label(
+        self,
+        users_per_group: Sequence[int],
+        per_user: int,
+        beta: float,
+        seed: int,
+        zscore_over: str = "all",
+    ) -> PairLabels:
+        """Users label the training pairs by BT draws on their group's z-scored ground truth.
+
+        ``zscore_over``: the rows the z-scores are computed on, ``"all"`` sampled pairs
+        (notebook 04) or the ``"train"`` pairs only (notebook 05): the two notebooks were
+        built that way and keep it, so their results stay comparable with earlier runs."""
+        if zscore_over == "all":
+            z_a, z_b = standardize_columns(self.truth_a, self.truth_b)
+            z_a, z_b = z_a[self.train], z_b[self.train]
+        elif zscore_over == "train":
+            z_a, z_b = standardize_columns(
+                self.truth_a.iloc[self.train].reset_index(drop=True),
+                self.truth_b.iloc[self.train].reset_index(drop=True),
+            )
+        else:
+            raise ValueError(f"zscore_over must be 'all' or 'train', got {zscore_over!r}")
+        return label_pairs(z_a, z_b, users_per_group, per_user, beta, seed)
+
+    def comparisons(self, labels: PairLabels) -> tuple[list[str], list[str]]:
+        """(chosen, rejected) texts (prompt + continuation) of the labelled comparisons."""
+        texts_a = [self.a.texts[i] for i in self.train]
+        texts_b = [self.b.texts[i] for i in self.train]
+        return labels.chosen_rejected(texts_a, texts_b)
+
+    def heldout_accuracy(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int
+    ) -> dict[str, float]:
+        """Per group: share of held-out pairs the model orders as the ground truth does."""
+        held = self.held
+        ra = score_texts(model, tokenizer, [self.a.texts[i] for i in held], max_length)
+        rb = score_texts(model, tokenizer, [self.b.texts[i] for i in held], max_length)
+        return pair_accuracy(ra, rb, self.truth_a.iloc[held], self.truth_b.iloc[held])
+
+
+# --------------------------------------------------------------------------- reward models
+
+
+def fit_single_and_em(
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    users: IntArray,
+    new_reward_model: Callable[[], PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    settings: RewardModelSettings,
+    em_iters: int,
+    seed: int,
+    n_groups: int = 2,
+    progress: bool = False,
+) -> tuple[PreTrainedModel, NeuralEMResult]:
+    """The pooled reward model on every comparison, then hard EM over ``n_groups`` models
+    (round-robin start, as in the paper; models trained by TRL's ``RewardTrainer``)."""
+    single = fit_reward_model(new_reward_model(), tokenizer, chosen, rejected, settings, seed)
+    em = fit_neural_em(
+        chosen,
+        rejected,
+        users,
+        n_groups,
+        lambda k: new_reward_model(),
+        tokenizer,
+        n_iter=em_iters,
+        seed=seed,
+        max_length=settings.max_length,
+        train_args=settings.trainer_args(),
+        progress=progress,
+    )
+    return single, em
+
+
+def fit_per_group(
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    group_of_row: IntArray,
+    groups: Sequence[str],
+    new_reward_model: Callable[[], PreTrainedModel],
+    tokenizer: PreTrainedTokenizerBase,
+    settings: RewardModelSettings,
+    seed: int,
+) -> dict[str, PreTrainedModel]:
+    """One reward model per *true* group on that group's comparisons only: what EM should
+    find, so MaxMin PPO on these separates a failure of EM from a failure of MaxMin."""
+    out = {}
+    for g, name in enumerate(groups):
+        rows = np.flatnonzero(np.asarray(group_of_row) == g)
+        out[name] = fit_reward_model(
+            new_reward_model(),
+            tokenizer,
+            [chosen[i] for i in rows],
+            [rejected[i] for i in rows],
+            settings,
+            seed,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- PPO arms
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One PPO run: its name, how the group rewards are aggregated, the learned rewards,
+    the seed, and overrides of the stage's PPO settings (e.g. a higher ``kl_coef``)."""
+
+    name: str
+    how: Aggregation
+    rewards: dict[str, TextScore]
+    seed: int
+    ppo_overrides: dict[str, Any] | None = None
+    softmin_temperature: float = 0.0
+
+    def settings(self, base: PPOSettings) -> PPOSettings:
+        return replace(base, **(self.ppo_overrides or {}))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The fixed part of every arm's evaluation: held-out prompts, the reference policy's
+    answers to them and their ground truth, and the seeds."""
+
+    prompt_ids: list[list[int]]
+    truth: Truth
+    truth_ref: pd.DataFrame
+    seed: int
+    n_boot: int
+
+
+def run_arm(
+    arm: Arm,
+    new_policy: Callable[[], PreTrainedModel],
+    ref_policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Dataset,
+    reference_texts: Sequence[str],
+    ppo: PPOSettings,
+    generation: GenerationSettings,
+    workdir: str | Path,
+    evaluation: Evaluation,
+    progress: bool = False,
+    on_checkpoint: Callable[[Any, int], dict[str, float]] | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any], Rollouts]:
+    """Train one PPO policy and evaluate it against the reference on held-out prompts by
+    each group's ground truth. Returns (per-update log, summary row, evaluation rollouts)."""
+    settings = arm.settings(ppo)
+    t0 = time.perf_counter()
+    policy, log, _ = train_policy(
+        new_policy(),
+        tokenizer,
+        prompts,
+        arm.rewards,
+        reference_texts,
+        arm.how,
+        settings,
+        generation,
+        workdir,
+        arm.seed,
+        arm.softmin_temperature,
+        progress,
+        on_checkpoint,
+    )
+    train_s = time.perf_counter() - t0
+    roll = sample_rollouts(
+        policy,
+        tokenizer,
+        evaluation.prompt_ids,
+        generation.max_new_tokens,
+        generation.temperature,
+        evaluation.seed,
+    )
+    gt = evaluation.truth(roll)
+    row: dict[str, Any] = {"run": arm.name, "method": arm.how, "seed": arm.seed}
+    row["kl_coef"] = settings.kl_coef
+    row |= evaluate(gt, evaluation.truth_ref, evaluation.n_boot, evaluation.seed)
+    row["kl"] = kl_to_reference(policy, ref_policy, tokenizer, roll, generation.temperature)
+    row["mean_tokens"] = float(roll.n_tokens.mean())
+    row["stop_rate"] = float(roll.stopped.mean())
+    row["train_seconds"] = train_s
+    row["seconds_per_update"] = train_s / settings.n_updates
+    log = log.assign(run=arm.name, method=arm.how, seed=arm.seed)
+    return log, row, roll
+
+
+def probe_truth(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    generation: GenerationSettings,
+    truth: Truth,
+    seed: int,
+) -> Callable[[PreTrainedModel, int], dict[str, float]]:
+    """A PPO checkpoint hook: each group's mean ground truth of the policy on a few
+    evaluation prompts (``gt_<group>`` in the training log)."""
+
+    def probe(policy: PreTrainedModel, updates: int) -> dict[str, float]:
+        roll = sample_rollouts(
+            policy, tokenizer, prompt_ids, generation.max_new_tokens, generation.temperature,
+            seed,
+        )  # fmt: skip
+        gt = truth(roll)
+        return {f"gt_{g}": float(gt[g].mean()) for g in gt.columns}
+
+    return probe
+
+
+def per_run_metrics(
+    results: pd.DataFrame, groups: Sequence[str], digits: int = 4
+) -> dict[str, dict[str, Any]]:
+    """Nested metrics ``{run: {group: {reward, win_rate}, kl, mean_tokens}}``, means over
+    seeds (DVC flattens them as ``runs.<run>.<group>.win_rate``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for run, r in results.groupby("run", sort=True).mean(numeric_only=True).iterrows():
+        entry: dict[str, Any] = {
+            g: {
+                "reward": round(float(r[f"{g}_reward"]), digits),
+                "win_rate": round(float(r[f"{g}_win_rate"]), digits),
+            }
+            for g in groups
+        }
+        entry["kl"] = round(float(r["kl"]), digits)
+        entry["mean_tokens"] = round(float(r["mean_tokens"]), 3)
+        out[str(run)] = entry
+    return out

@@ -1,0 +1,220 @@
+"""Run hygiene: seeding, atomic writes, and the manifest written beside every output.
+
+Why atomic: DVC and papermill treat "the file exists" as "the stage produced it". A stage
+killed mid-write must leave either the previous file or nothing, never half a JSON file or
+half a model folder, so every write goes to a temporary sibling and is renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Packages whose versions decide what a run computes; recorded in every manifest.
+TRACKED_PACKAGES = (
+    "torch",
+    "transformers",
+    "trl",
+    "datasets",
+    "accelerate",
+    "peft",
+    "sentence-transformers",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "pandas",
+    "seaborn",
+    "matplotlib",
+    "papermill",
+    "dvc",
+)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) from one value given by the params
+    (``transformers.set_seed``; imported here so ``import pluralign.pipeline.io`` stays cheap)."""
+    from transformers import set_seed as hf_set_seed
+
+    hf_set_seed(seed)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary file path next to ``path``; rename it onto ``path`` on success.
+
+    The temporary file keeps ``path``'s suffix so writers that pick a format from the
+    extension (matplotlib, pandas) still work.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Serialize fully in memory first, so an unserializable value never touches the disk."""
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    return write_text_atomic(path, text)
+
+
+def save_dir_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_dir)`` and swap the finished folder into ``path``.
+
+    Used for model folders (``save_pretrained``): the old folder is only removed after
+    the new one is complete.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    old = target.with_name(f".{target.name}.old")
+    try:
+        write(tmp)
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert dataclasses, paths and NumPy scalars/arrays to plain JSON types."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        raise ValueError(f"non-finite float {obj!r} cannot be written as JSON")
+    return obj
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+def git_state(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """The commit a run started from and whether the tree had uncommitted changes."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_manifest(stage: str, config: Any, root: str | os.PathLike[str]) -> dict[str, Any]:
+    """What is needed to tell whether two results came from the same run setup."""
+    import torch
+
+    return {
+        "stage": stage,
+        "config": to_jsonable(config),
+        "git": git_state(root),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "packages": package_versions(),
+    }
+
+
+def config_fingerprint(*parts: Any) -> str:
+    """Short hash naming a checkpoint folder, so a changed config never resumes stale state."""
+    import hashlib
+    import json
+
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def flatten(metrics: dict[str, Any], sep: str = ".") -> dict[str, Any]:
+    """``{"runs": {"single": {"kl": 1.0}}}`` -> ``{"runs.single.kl": 1.0}``, DVC's view."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out |= {f"{key}{sep}{k}": v for k, v in flatten(value, sep).items()}
+        else:
+            out[str(key)] = value
+    return out
+
+
+def drop_undefined(metrics: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(metrics without NaN / inf leaves, the flattened keys dropped): an accuracy with no
+    untied held-out pair, say, is not a number to report, and JSON has no NaN."""
+    dropped: list[str] = []
+
+    def clean(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out[key] = clean(value, f"{prefix}{key}.")
+            elif isinstance(value, float | np.floating) and not np.isfinite(value):
+                dropped.append(f"{prefix}{key}")
+            else:
+                out[key] = value
+        return out
+
+    return clean(metrics, ""), dropped
