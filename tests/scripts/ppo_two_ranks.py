@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from pluralign.assets import load_gpt2_tokenizer, load_sequence_classifier
-from pluralign.llama_proxy import build_llama_proxy
-from pluralign.lora import policy_lora_config, reward_lora_config, with_lora
-from pluralign.maxmin_rewards import Normalizer, TextRewardAdapter
-from pluralign.ppo_runner import PPOSettings, run_ppo
+from pluralign.pipeline.assets import load_gpt2_tokenizer
+from pluralign.training.models import load_sequence_classifier
+from pluralign.training.llama_proxy import build_llama_proxy
+from pluralign.training.lora import policy_lora_config, reward_lora_config, with_lora
+from pluralign.core.maxmin import Normalizer
+from pluralign.training.reward_adapter import TextRewardAdapter
+from pluralign.training.ppo import PPOSettings, run_ppo
 
 
 def main(out: Path, mode: str) -> None:

@@ -1,0 +1,263 @@
+"""Weighted Bradley-Terry MLE: derivatives, optimum vs scipy and choix, the paper's identities."""
+
+from __future__ import annotations
+
+import choix
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import softmax
+
+from pluralign.core.bradley_terry import average_win_rates, fit_bt, gradient, hessian, objective, stationarity_residual, win_matrix
+
+
+def random_comparisons(
+    m: int, n: int, seed: int, scale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n BT comparisons among m alternatives with planted scores; (winners, losers, scores)."""
+    rng = np.random.default_rng(seed)
+    scores = scale * rng.normal(size=m)
+    i = rng.integers(0, m, n)
+    j = (i + rng.integers(1, m, n)) % m  # j != i
+    i_wins = rng.uniform(size=n) < 1.0 / (1.0 + np.exp(scores[j] - scores[i]))
+    return np.where(i_wins, i, j), np.where(i_wins, j, i), scores
+
+
+@pytest.fixture
+def problem() -> tuple[np.ndarray, np.ndarray]:
+    """A dense fractional win matrix and positive weights, m = 7."""
+    rng = np.random.default_rng(1)
+    P = rng.uniform(size=(7, 7))
+    P = P / (P + P.T)  # P[i, j] + P[j, i] = 1, like empirical win fractions
+    return P, rng.uniform(0.05, 1.0, size=7)
+
+
+def central_diff(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+    return np.array([(f(x + h * e) - f(x - h * e)) / (2 * h) for e in np.eye(len(x))])
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.7])
+def test_gradient_and_hessian_match_finite_differences(problem, lam):
+    P, w = problem
+    r = np.random.default_rng(2).normal(size=7)
+    g_fd = central_diff(lambda x: objective(x, P, lam, w), r)
+    np.testing.assert_allclose(gradient(r, P, lam, w), g_fd, rtol=1e-6, atol=1e-8)
+    H_fd = central_diff(lambda x: gradient(x, P, lam, w), r)
+    np.testing.assert_allclose(hessian(r, P, lam, w), H_fd, rtol=1e-6, atol=1e-8)
+
+
+def test_objective_is_stable_for_huge_margins():
+    P = np.array([[0.0, 1.0], [1.0, 0.0]])
+    assert np.isfinite(objective(np.array([800.0, -800.0]), P, 0.0))
+    assert np.all(np.isfinite(hessian(np.array([800.0, -800.0]), P, 0.0)))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+def test_fit_matches_scipy_minimize(problem, lam):
+    P, w = problem
+    r = fit_bt(P, lam, w)
+    res = minimize(
+        objective,
+        np.zeros(7),
+        args=(P, lam, w),
+        jac=gradient,
+        method="L-BFGS-B",
+        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
+    )
+    ref = res.x - np.dot(w, res.x) / w.sum()  # same gauge as fit_bt (matters for lam = 0)
+    np.testing.assert_allclose(r, ref, atol=1e-6)
+    assert np.abs(gradient(r, P, lam, w)).max() < 1e-10
+
+
+def test_fit_matches_choix_opt_pairwise():
+    # choix.opt_pairwise minimizes  alpha * sum_i r_i^2 + sum_{(a, b) in data} -log sigma(r_a - r_b)
+    # (opt.py, PairwiseFcts.objective). With P = win counts, sum_{(a,b)} = sum_{i,j} P[i, j], so
+    # our f(r) = sum P[i,j] (-log sigma(r_i - r_j)) + (lam/2) sum r^2 is choix's with alpha = lam/2.
+    m, lam = 8, 0.8
+    win, los, _ = random_comparisons(m, 120, seed=3)
+    P = win_matrix(win, los, m)
+    data = list(zip(win.tolist(), los.tolist(), strict=True))
+    ref = choix.opt_pairwise(m, data, alpha=lam / 2, tol=1e-12)  # Newton-CG xtol
+    np.testing.assert_allclose(fit_bt(P, lam), ref, atol=1e-6)
+
+
+def test_fit_matches_choix_ilsr_unregularized():
+    # choix.ilsr_pairwise's alpha is NOT an L2 penalty: it adds rate alpha to every edge of the
+    # LSR Markov chain, and the fixed point then solves grad NLL(r) + alpha m (m softmax(r) - 1)
+    # = 0, the gradient of alpha m (m logsumexp(r) - sum r). So only alpha = 0 <-> lam = 0
+    # shares an optimum; both are then centred to mean 0 (choix's log_transform, our gauge).
+    m = 8
+    win, los, _ = random_comparisons(m, 200, seed=4)
+    P = win_matrix(win, los, m)
+    data = list(zip(win.tolist(), los.tolist(), strict=True))
+    ref = choix.ilsr_pairwise(m, data, alpha=0.0, tol=1e-13, max_iter=10_000)
+    np.testing.assert_allclose(fit_bt(P, 0.0), ref - ref.mean(), atol=1e-6)
+    # The alpha > 0 fixed point, checked with our gradient (alpha = 0.3).
+    reg = choix.ilsr_pairwise(m, data, alpha=0.3, tol=1e-13, max_iter=10_000)
+    penalty_grad = 0.3 * m * (m * softmax(reg) - 1.0)
+    np.testing.assert_allclose(gradient(reg, P, 0.0) + penalty_grad, 0.0, atol=1e-8)
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_three_cycle_gives_equal_rewards(lam):
+    P = np.zeros((3, 3))
+    P[0, 1] = P[1, 2] = P[2, 0] = 1.0
+    np.testing.assert_allclose(fit_bt(P, lam), 0.0, atol=1e-12)
+
+
+def test_no_mle_without_regularization_on_separable_data():
+    P = np.triu(np.ones((4, 4)), k=1)  # 0 beats everyone, 1 beats 2 and 3, ...: a total order
+    with pytest.raises(ValueError, match="not strongly connected"):
+        fit_bt(P, lam=0.0)
+    two_islands = np.kron(np.eye(2), np.ones((2, 2)))  # never compared across the islands
+    with pytest.raises(ValueError, match="not strongly connected"):
+        fit_bt(two_islands, lam=0.0)
+    assert np.all(np.isfinite(fit_bt(P, lam=1e-3)))  # the ridge restores a finite optimum
+
+
+def test_unit_weights_equal_no_weights(problem):
+    P, _ = problem
+    np.testing.assert_array_equal(fit_bt(P, 0.5, np.ones(7)), fit_bt(P, 0.5))
+
+
+def test_scaling_weights_rescales_lam(problem):
+    # f(r; c w, lam) = c^2 f(r; w, lam / c): data terms carry w_i w_j, the ridge only w_i.
+    P, w = problem
+    c, lam = 3.0, 0.6
+    r = np.random.default_rng(5).normal(size=7)
+    assert objective(r, P, lam, c * w) == pytest.approx(c**2 * objective(r, P, lam / c, w))
+    np.testing.assert_allclose(fit_bt(P, lam, c * w), fit_bt(P, lam / c, w), atol=1e-9)
+
+
+def split_into_clone(P: np.ndarray, w: np.ndarray, k: int, self_win: float):
+    """Add an exact clone of alternative k (new last index); k and its clone share w_k."""
+    m = len(w)
+    Q = np.zeros((m + 1, m + 1))
+    Q[:m, :m] = P
+    Q[m, :m], Q[:m, m] = P[k], P[:, k]
+    Q[k, m] = Q[m, k] = self_win  # annotators indifferent between identical responses
+    w2 = np.append(w, w[k] / 2)
+    w2[k] = w[k] / 2
+    return Q, w2
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+@pytest.mark.parametrize("self_win", [0.0, 0.5])
+def test_weighted_mle_invariant_to_exact_clone_with_split_weight(problem, lam, self_win):
+    # With r_clone = r_k, the clone's data terms (w_k/2) w_j P[k, j] (twice) and ridge terms
+    # (lam/2)(w_k/2) r_k^2 (twice) add up to the original ones, and the k-clone terms have zero
+    # gradient there when Q[k, clone] = Q[clone, k]; the new objective is symmetric in
+    # (k, clone) and convex, so its optimum is the old one with r_clone = r_k.
+    P, w = problem
+    r = fit_bt(P, lam, w)
+    Q, w2 = split_into_clone(P, w, k=2, self_win=self_win)
+    r2 = fit_bt(Q, lam, w2)
+    np.testing.assert_allclose(r2[:7], r, atol=1e-9)
+    assert r2[7] == pytest.approx(r[2], abs=1e-9)
+
+
+def test_unweighted_mle_is_not_clone_robust(problem):
+    # Result 1 of the paper: adding a clone with a full vote moves the other alternatives.
+    P, _ = problem
+    r = fit_bt(P, 1.0)
+    Q, _ = split_into_clone(P, np.ones(7), k=2, self_win=0.5)
+    assert np.abs(fit_bt(Q, 1.0)[:7] - r).max() > 1e-2
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.4])
+def test_optimum_satisfies_stationarity_and_win_rate_identity(problem, lam):
+    P, w = problem
+    r = fit_bt(P, lam, w)
+    np.testing.assert_allclose(stationarity_residual(r, P, lam, w), 0.0, atol=1e-10)
+    assert np.dot(w, r) == pytest.approx(0.0, abs=1e-10)  # weighted-centred optimum
+    emp, model = average_win_rates(r, P, w)
+    if lam == 0:  # the paper's characterization: model and empirical win rates agree
+        np.testing.assert_allclose(model, emp, atol=1e-10)
+    else:  # the ridge pulls each r_k to 0, so emp - model has the sign of r_k
+        assert np.all(np.sign(emp - model) == np.sign(r))
+
+
+def test_zero_weight_alternatives_drop_out(problem):
+    P, w = problem
+    w = w.copy()
+    w[[1, 4]] = 0.0
+    keep = np.array([0, 2, 3, 5, 6])
+    r = fit_bt(P, 0.5, w)
+    assert r[1] == 0.0 and r[4] == 0.0
+    np.testing.assert_allclose(r[keep], fit_bt(P[np.ix_(keep, keep)], 0.5, w[keep]), atol=1e-12)
+
+
+def test_larger_problem_recovers_planted_scores():
+    m = 150
+    win, los, scores = random_comparisons(m, 40_000, seed=6)
+    r = fit_bt(win_matrix(win, los, m), 0.0)
+    assert np.abs(r - (scores - scores.mean())).max() < 0.5
+    assert np.corrcoef(r, scores)[0, 1] > 0.98
+
+
+def test_win_matrix_counts_and_weights():
+    win, los = np.array([0, 0, 2, 1]), np.array([1, 1, 0, 2])
+    P = win_matrix(win, los, 3)
+    assert P[0, 1] == 2 and P[2, 0] == 1 and P[1, 2] == 1 and P.sum() == 4
+    assert win_matrix(win, los, 3, weights=[1.0, 0.5, 2.0, 0.0])[0, 1] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"P": np.full((2, 2), np.nan)}, "P contains NaN"),
+        ({"P": np.array([[0, np.inf], [1, 0]])}, "P contains NaN or inf"),
+        ({"P": -np.ones((2, 2))}, "P must be non-negative"),
+        ({"P": np.ones((2, 3))}, "P must be a square"),
+        ({"P": np.ones(3)}, "P must be a square"),
+        ({"P": np.zeros((0, 0))}, "P is empty"),
+        ({"weights": np.ones(3)}, r"weights must have shape \(2,\)"),
+        ({"weights": np.array([1.0, -1.0])}, "weights must be non-negative"),
+        ({"weights": np.zeros(2)}, "weights are all zero"),
+        ({"weights": np.array([1.0, np.nan])}, "weights contain NaN"),
+        ({"lam": -1.0}, "lam must be"),
+        ({"lam": np.nan}, "lam must be"),
+    ],
+)
+def test_fit_rejects_bad_input(kwargs, match):
+    args = {"P": np.ones((2, 2)), "lam": 1.0, "weights": None} | kwargs
+    with pytest.raises(ValueError, match=match):
+        fit_bt(**args)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (([0, 1], [1], 2), "equal length"),
+        (([0, 2], [1, 0], 2), r"indices in \[0, 2\)"),
+        (([0, 1], [0, 0], 2), "must differ"),
+        (([0.5], [1.0], 2), "integer indices"),
+        (([0], [1], 0), "m must be"),
+    ],
+)
+def test_win_matrix_rejects_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        win_matrix(np.asarray(args[0]), np.asarray(args[1]), args[2])
+
+
+@pytest.mark.parametrize(("lam", "weighted"), [(0.0, False), (0.5, False), (0.5, True)])
+def test_sparse_cg_path_solves_the_dense_problem(lam: float, weighted: bool) -> None:
+    """m = 600 with few compared pairs takes fit_bt's sparse-CG path; check it against the
+    dense gradient (the public reference) and, unweighted at lam = 0, against choix."""
+    m, n = 600, 6000
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=m)
+    i = rng.integers(0, m, n)
+    j = (i + rng.integers(1, m, n)) % m
+    i_wins = rng.uniform(size=n) < 1.0 / (1.0 + np.exp(scores[j] - scores[i]))
+    ring, nxt = np.arange(m), (np.arange(m) + 1) % m  # strongly connected
+    win = np.concatenate([np.where(i_wins, i, j), ring, nxt])
+    los = np.concatenate([np.where(i_wins, j, i), nxt, ring])
+    P = win_matrix(win, los, m)
+    w = rng.uniform(0.2, 2.0, size=m) if weighted else None
+    r = fit_bt(P, lam, w)
+    g = gradient(r, P, lam, w)
+    assert np.max(np.abs(g)) < 1e-8 * np.abs(P).sum() / m
+    if lam == 0 and not weighted:
+        ref = choix.ilsr_pairwise(m, list(zip(win, los, strict=True)), tol=1e-13, max_iter=10_000)
+        np.testing.assert_allclose(r - r.mean(), ref - ref.mean(), atol=1e-6)

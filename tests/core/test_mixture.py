@@ -1,0 +1,251 @@
+"""EM mixtures of linear BT rewards: monotonicity, planted groups, M-step vs sklearn and scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import expit
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import adjusted_rand_score
+
+from pluralign.core.bradley_terry import fit_bt, win_matrix
+from pluralign.core.mixture import fit_em, log_sigmoid, select_n_groups
+
+
+def planted(
+    K: int,
+    n_users: int = 60,
+    per_user: int = 40,
+    d: int = 8,
+    seed: int = 0,
+    scale: float = 3.0,
+    theta: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Users in K linear BT groups; (chosen, rejected, users, true group per user, theta)."""
+    rng = np.random.default_rng(seed)
+    if theta is None:
+        q, _ = np.linalg.qr(rng.normal(size=(d, K)))
+        theta = scale * q.T  # (K, d): orthogonal rewards of norm `scale`
+    groups = rng.permutation(np.arange(n_users) % K)  # random, so round-robin init isn't the truth
+    users = np.repeat(np.arange(n_users), per_user)  # (n,)
+    a, b = rng.normal(size=(2, users.size, d))
+    a_wins = rng.uniform(size=users.size) < expit(((a - b) * theta[groups[users]]).sum(axis=1))
+    chosen = np.where(a_wins[:, None], a, b)
+    rejected = np.where(a_wins[:, None], b, a)
+    return chosen, rejected, users, groups, theta
+
+
+def single_user_problem(seed: int = 0, n: int = 300, d: int = 5):
+    """One group's data for the M-step: (chosen, rejected, users, comparison weights)."""
+    ch, rj, _, _, _ = planted(1, n_users=1, per_user=n, d=d, seed=seed, scale=1.5)
+    w = np.random.default_rng(seed + 100).uniform(0.1, 2.0, size=n)
+    return ch, rj, np.zeros(n, dtype=int), w
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_soft_em_never_decreases_penalized_log_likelihood(seed):
+    ch, rj, u, _, _ = planted(3, per_user=10, scale=1.0, seed=seed)  # overlapping: many iters
+    res = fit_em(ch, rj, u, 3, hard=False, tol=0.0, n_iter=25)
+    ll = np.array(res.log_likelihood)
+    assert ll.size >= 10
+    assert np.all(np.diff(ll) >= -1e-10 * np.abs(ll[1:]))
+
+
+@pytest.mark.parametrize("hard", [True, False])
+@pytest.mark.parametrize("K", [2, 3])
+def test_planted_groups_recovered(K, hard):
+    ch, rj, u, groups, theta = planted(K, seed=K)
+    res = fit_em(ch, rj, u, K, hard=hard)
+    assert res.converged
+    assert adjusted_rand_score(groups, res.assignment) >= 0.95
+    np.testing.assert_array_equal(res.user_ids, np.arange(60))
+    # Each fitted reward points along one planted reward.
+    cos = res.theta @ theta.T / np.outer(*(np.linalg.norm(t, axis=1) for t in (res.theta, theta)))
+    assert np.all(cos.max(axis=1) > 0.95)
+    if hard:
+        np.testing.assert_array_equal(res.responsibilities, np.eye(K)[res.assignment])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_single_group_m_step_matches_sklearn(weighted):
+    # sklearn minimizes 0.5 ||w||^2 + C sum_i s_i loss_i; ours (lam / 2) ||theta||^2 +
+    # sum_i c_i loss_i. Dividing ours by lam gives sklearn's with C = 1 / lam.
+    ch, rj, u, w = single_user_problem(seed=1)
+    w = w if weighted else None
+    lam = 0.3
+    res = fit_em(ch, rj, u, 1, lam=lam, alt_weights=w)
+    # log sigma(theta.z) is sklearn's loss for label 1 at x = z, or for label 0 at x = -z;
+    # random signs give sklearn the two classes it needs.
+    flip = np.random.default_rng(0).uniform(size=len(u)) < 0.5
+    X = np.where(flip[:, None], rj - ch, ch - rj)
+    clf = LogisticRegression(C=1.0 / lam, fit_intercept=False, solver="newton-cholesky", tol=1e-12)
+    clf.fit(X, (~flip).astype(int), sample_weight=w)
+    np.testing.assert_allclose(res.theta[0], clf.coef_[0], atol=1e-5)
+
+
+def test_single_group_m_step_matches_scipy_minimize():
+    ch, rj, u, w = single_user_problem(seed=2)
+    Z, lam = ch - rj, 0.05
+
+    def f(t):
+        return -w @ np.log(expit(Z @ t)) + 0.5 * lam * t @ t
+
+    def grad(t):
+        return -Z.T @ (w * expit(-(Z @ t))) + lam * t
+
+    ref = minimize(f, np.zeros(Z.shape[1]), jac=grad, method="BFGS", options={"gtol": 1e-10})
+    res = fit_em(ch, rj, u, 1, lam=lam, alt_weights=w)
+    np.testing.assert_allclose(res.theta[0], ref.x, atol=1e-6)
+    assert res.log_likelihood[-1] == pytest.approx(-ref.fun, rel=1e-12)
+
+
+def test_one_hot_features_reduce_to_fit_bt():
+    """psi(y) = e_y: the M-step is bradley_terry's objective (w = 1), so the rewards agree."""
+    rng = np.random.default_rng(3)
+    m, n, lam = 6, 200, 0.5
+    i = rng.integers(0, m, n)
+    j = (i + rng.integers(1, m, n)) % m
+    eye = np.eye(m)
+    res = fit_em(eye[i], eye[j], np.zeros(n), 1, lam=lam)
+    np.testing.assert_allclose(res.theta[0], fit_bt(win_matrix(i, j, m), lam=lam), atol=1e-9)
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_assign_held_out_users(hard):
+    ch, rj, u, groups, theta = planted(2, seed=5)
+    res = fit_em(ch, rj, u, 2, hard=hard)
+    _, g = res.assign(ch, rj, u)  # training users: the E-step rule gives the fit back
+    np.testing.assert_array_equal(g, res.assignment)
+    ch2, rj2, u2, groups2, _ = planted(2, n_users=20, seed=6, theta=theta)
+    names = np.array([f"new{k:02d}" for k in range(20)])  # string ids, already sorted
+    ids2, g2 = res.assign(ch2, rj2, names[u2])
+    np.testing.assert_array_equal(ids2, names)
+    assert adjusted_rand_score(groups2, g2) == 1.0
+    # Group labels carry over: a new user lands in the group of training users alike.
+    match = {t: np.bincount(res.assignment[groups == t]).argmax() for t in (0, 1)}
+    np.testing.assert_array_equal(g2, [match[t] for t in groups2])
+
+
+def test_soft_log_likelihood_of_matches_the_objective():
+    ch, rj, u, _, _ = planted(2, seed=7)
+    lam = 0.1
+    res = fit_em(ch, rj, u, 2, hard=False, lam=lam)
+    penalty = 0.5 * lam * np.sum(res.theta**2)
+    assert res.log_likelihood_of(ch, rj, u) - penalty == pytest.approx(res.log_likelihood[-1])
+
+
+@pytest.mark.parametrize("hard", [True, False])
+@pytest.mark.parametrize("K", [1, 2, 3])
+def test_select_n_groups_picks_planted_k(K, hard):
+    ch, rj, u, _, _ = planted(K, seed=0)
+    best, table = select_n_groups(ch, rj, u, hard=hard, seed=0)
+    assert best == K
+    assert [row["n_groups"] for row in table] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_alt_weights_of_ones_equal_none(hard):
+    ch, rj, u, _, _ = planted(2, seed=8)
+    a = fit_em(ch, rj, u, 2, hard=hard)
+    b = fit_em(ch, rj, u, 2, hard=hard, alt_weights=np.ones(len(u)))
+    np.testing.assert_array_equal(a.theta, b.theta)
+    assert a.log_likelihood == b.log_likelihood
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_doubled_weights_equal_duplicated_comparisons(hard):
+    ch, rj, u, _, _ = planted(2, seed=9)
+    dup = u == 5  # user 5's comparisons, twice
+    w = np.where(dup, 2.0, 1.0)
+    a = fit_em(ch, rj, u, 2, hard=hard, alt_weights=w)
+    b = fit_em(*(np.concatenate([x, x[dup]]) for x in (ch, rj, u)), 2, hard=hard)
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.log_likelihood, b.log_likelihood, rtol=1e-12)
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+
+
+def test_huge_features_do_not_overflow():
+    ch, rj, u, _, _ = planted(2, seed=10)
+    base = fit_em(ch, rj, u, 2)
+    big = 1e4
+    margins = (ch - rj) @ np.full(ch.shape[1], 1.0)  # (n,), |m| up to ~1e5 once scaled
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        np.log(1.0 / (1.0 + np.exp(-big * margins)))  # the naive path
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        assert np.all(np.isfinite(log_sigmoid(big * margins)))
+        res = fit_em(big * ch, big * rj, u, 2)
+        held = res.log_likelihood_of(big * ch, big * rj + big, u)  # margins ~ -1e4 and below
+    assert np.isfinite(held) and np.all(np.isfinite(res.log_likelihood))
+    np.testing.assert_array_equal(res.assignment, base.assignment)
+    np.testing.assert_allclose(big * res.theta, base.theta, rtol=1e-3)  # ridge ~ lam / big^2
+
+
+def test_empty_group_is_reseeded():
+    ch, rj, _, _, _ = planted(1, n_users=1, per_user=20, seed=11)
+    n_users = 6  # identical users: equal scores, so every user ties into group 0
+    users = np.repeat(np.arange(n_users), 20)
+    res = fit_em(np.tile(ch, (n_users, 1)), np.tile(rj, (n_users, 1)), users, 2)
+    assert res.converged
+    assert np.bincount(res.assignment, minlength=2).min() >= 1
+
+
+@pytest.mark.parametrize("hard", [True, False])
+def test_deterministic_given_seed_and_restarts_keep_the_best(hard):
+    ch, rj, u, _, _ = planted(4, per_user=8, scale=1.0, seed=12)
+    a, b = (fit_em(ch, rj, u, 4, hard=hard, n_restarts=3, seed=7) for _ in range(2))
+    np.testing.assert_array_equal(a.theta, b.theta)
+    np.testing.assert_array_equal(a.assignment, b.assignment)
+    one = fit_em(ch, rj, u, 4, hard=hard, n_restarts=1, seed=7)  # = restart 0 of the three
+    assert a.log_likelihood[-1] >= one.log_likelihood[-1]
+
+
+def _good():
+    ch, rj, u, _, _ = planted(2, n_users=6, per_user=5, d=3, seed=13)
+    return {"chosen": ch, "rejected": rj, "users": u, "n_groups": 2}
+
+
+def _nan(a, value=np.nan):
+    a = a.copy()
+    a[0, 0] = value
+    return a
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda k: {"rejected": k["rejected"][:, :2]}, "rejected"),
+        (lambda k: {"chosen": k["chosen"][:, 0], "rejected": k["rejected"][:, 0]}, "chosen"),
+        (lambda k: {"chosen": k["chosen"][:0], "rejected": k["rejected"][:0]}, "chosen"),
+        (lambda k: {"chosen": _nan(k["chosen"])}, "chosen"),
+        (lambda k: {"rejected": _nan(k["rejected"], np.inf)}, "rejected"),
+        (lambda k: {"users": k["users"][:-1]}, "users"),
+        (lambda k: {"users": k["users"][:, None]}, "users"),
+        (lambda k: {"n_groups": 0}, "n_groups"),
+        (lambda k: {"n_groups": 7}, "n_groups"),
+        (lambda k: {"n_groups": 1.5}, "n_groups"),
+        (lambda k: {"alt_weights": -np.ones(30)}, "alt_weights"),
+        (lambda k: {"alt_weights": np.full(30, np.nan)}, "alt_weights"),
+        (lambda k: {"alt_weights": np.ones(29)}, "alt_weights"),
+        (lambda k: {"lam": 0.0}, "lam"),
+        (lambda k: {"n_iter": 0}, "n_iter"),
+        (lambda k: {"n_restarts": 0}, "n_restarts"),
+        (lambda k: {"tol": -1.0}, "tol"),
+    ],
+)
+def test_bad_inputs_raise_naming_the_field(change, field):
+    kwargs = _good()
+    kwargs.update(change(kwargs))
+    with pytest.raises(ValueError, match=field):
+        fit_em(**kwargs)
+
+
+def test_bad_inputs_to_select_and_assign():
+    k = _good()
+    args = (k["chosen"], k["rejected"], k["users"])
+    for bad, field in [({"holdout_fraction": 1.0}, "holdout_fraction"), ({"rule": "x"}, "rule")]:
+        with pytest.raises(ValueError, match=field):
+            select_n_groups(*args, candidates=(1, 2), **bad)
+    res = fit_em(**k)
+    with pytest.raises(ValueError, match="features"):
+        res.assign(k["chosen"][:, :2], k["rejected"][:, :2], k["users"])

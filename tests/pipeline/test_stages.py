@@ -1,0 +1,168 @@
+"""The pipeline contract: notebooks, dvc.yaml, params, and real offline stage runs."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from helpers import TINY_PARAMS, write_params
+
+from pluralign.pipeline.config import notebook_sections, read_params
+
+ROOT = Path(__file__).resolve().parents[1]
+GUARD = Path(__file__).resolve().parent / "netguard"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+NOTEBOOK_SECTIONS = notebook_sections(ROOT / "dvc.yaml")
+
+
+def _run(args: list[str], tmp_path: Path, extra_env: dict | None = None):
+    """Run a command with the network guard active in it and in papermill's kernel."""
+    log = tmp_path / "netguard.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")]),
+        "NETGUARD_LOG": str(log),
+        **(extra_env or {}),
+    }
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    return proc, (log.read_text().splitlines() if log.exists() else [])
+
+
+# --------------------------------------------------------------------------- static checks
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_committed_clean_with_a_parameters_cell(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be parameters"
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    for name in ("params_file", "profile", "output_root"):
+        assert f"{name} =" in code[0].source
+
+
+def test_every_notebook_has_exactly_one_dvc_stage() -> None:
+    assert sorted(DVC) == sorted(p.stem for p in NOTEBOOKS)
+    assert set(NOTEBOOK_SECTIONS) <= set(DVC)
+
+
+@pytest.mark.parametrize("stage", sorted(DVC))
+def test_dvc_stage_declares_what_it_uses(stage: str) -> None:
+    spec = DVC[stage]
+    assert f"notebooks/{stage}.ipynb" in spec["cmd"]
+    produced = {
+        o if isinstance(o, str) else next(iter(o)) for s in DVC.values() for o in s.get("outs", [])
+    }
+    for dep in spec["deps"]:  # a file in git, or another stage's output
+        assert (ROOT / dep).exists() or dep in produced, f"{stage}: dependency {dep} missing"
+    params = read_params(ROOT / "params.yaml")
+    for key in spec["params"]:
+        assert key in params, f"{stage}: params key {key} missing from params.yaml"
+    assert NOTEBOOK_SECTIONS[stage] in spec["params"]
+    # The notebook writes exactly the metrics file, manifest and executed copy DVC expects.
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in spec["outs"]}
+    assert f"results/notebooks/{stage}.ipynb" in outs
+    assert f"results/manifests/{stage}.json" in outs
+    metrics = [next(iter(m)) for m in spec["metrics"]]
+    assert metrics == [f"results/metrics/{stage}.json"]
+    for entry in spec["metrics"] + spec.get("plots", []):
+        assert next(iter(entry.values()))["cache"] is False  # committed to git
+
+
+# --------------------------------------------------------------------------- network guard
+
+
+def test_network_guard_catches_a_real_attempt(tmp_path: Path) -> None:
+    code = (
+        "import urllib.request\n"
+        "try:\n    urllib.request.urlopen('https://huggingface.co', timeout=5)\n"
+        "except Exception as err:\n    print(type(err).__name__)\n"
+    )
+    proc, attempts = _run([sys.executable, "-c", code], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert attempts and "huggingface.co" in attempts[0]
+
+
+# --------------------------------------------------------------------------- real stage runs
+
+
+def _upstream(stage: str) -> list[str]:
+    """Stages whose outputs (e.g. models/policy) this stage lists among its deps."""
+    deps = set(DVC[stage]["deps"])
+    outs = {
+        s: {o if isinstance(o, str) else next(iter(o)) for o in DVC[s].get("outs", [])} for s in DVC
+    }
+    return sorted(s for s in DVC if s != stage and outs[s] & deps)
+
+
+def test_upstream_stages_are_found() -> None:
+    assert _upstream("04_maxmin_ppo_gpt2") == ["00_policy_pretrain", "00_sentiment_judge"]
+    assert _upstream("01_clone_theory") == []
+
+
+@pytest.mark.parametrize("stage", sorted(NOTEBOOK_SECTIONS))
+def test_stage_runs_offline_end_to_end(stage: str, tiny_params: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for name in [*_upstream(stage), stage]:  # upstream models first, into the same root
+        proc, attempts = _run(
+            [
+                sys.executable,
+                "-m",
+                "pluralign.run_notebook",
+                str(ROOT / "notebooks" / f"{name}.ipynb"),
+                "--params-file",
+                str(tiny_params),
+                "--output-root",
+                str(out),
+            ],
+            tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert attempts == [], f"{name} tried to reach the network: {attempts}"
+
+    metrics = json.loads((out / "results" / "metrics" / f"{stage}.json").read_text())
+    assert metrics and all(isinstance(v, int | float) for v in metrics.values())
+    manifest = json.loads((out / "results" / "manifests" / f"{stage}.json").read_text())
+    assert manifest["stage"] == stage and manifest["config"]["profile"] == "cpu"
+    executed = nbformat.read(out / "results" / "notebooks" / f"{stage}.ipynb", as_version=4)
+    assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    for plot in DVC[stage].get("plots", []):
+        assert (out / next(iter(plot))).stat().st_size > 1000
+    for model_out in (o for o in DVC[stage]["outs"] if isinstance(o, str)):
+        assert (out / model_out / "config.json").is_file()
+        assert list((out / model_out).glob("*.safetensors"))
+
+
+def test_bad_params_stop_before_the_kernel_and_keep_old_outputs(tmp_path: Path) -> None:
+    params = copy.deepcopy(TINY_PARAMS)
+    params["sentiment_judge"]["cpu"]["learnin_rate"] = 1.0
+    path = write_params(tmp_path / "params.yaml", params)
+    out = tmp_path / "out"
+    old = out / "results" / "metrics" / "00_sentiment_judge.json"
+    old.parent.mkdir(parents=True)
+    old.write_text('{"imdb_accuracy": 0.9}')
+    proc, _ = _run(
+        [
+            sys.executable,
+            "-m",
+            "pluralign.run_notebook",
+            str(ROOT / "notebooks" / "00_sentiment_judge.ipynb"),
+            "--params-file",
+            str(path),
+            "--output-root",
+            str(out),
+        ],
+        tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "sentiment_judge.learnin_rate: unknown key" in proc.stderr
+    assert old.read_text() == '{"imdb_accuracy": 0.9}'
+    assert not (out / "results" / "notebooks" / "00_sentiment_judge.ipynb").exists()
