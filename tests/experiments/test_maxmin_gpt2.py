@@ -7,8 +7,10 @@ planted ground truth, numpy/scipy, or a per-row forward pass of the model withou
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,14 +19,27 @@ import torch
 from helpers import tiny_gpt2
 from scipy import stats
 
-from pluralign.pipeline.assets import load_gpt2_tokenizer
 from pluralign.core.simulate import PairLabels, label_pairs
-from pluralign.core.stats import bootstrap_ci, evaluate, standardize_columns, win_rates
-from pluralign.experiments.maxmin_gpt2 import concise_reward
-from pluralign.maxmin_gpt2 import GROUPS, chosen_rejected, ground_truth, pair_accuracy
-from pluralign.pipeline.io import config_fingerprint
-from pluralign.training.generation import Rollouts, kl_to_reference, response_logprobs, sample_rollouts
+from pluralign.core.stats import (
+    bootstrap_ci,
+    evaluate,
+    pair_accuracy,
+    standardize_columns,
+    win_rates,
+)
 from pluralign.data.text import make_prompts
+from pluralign.experiments import maxmin_gpt2 as exp
+from pluralign.experiments._rlhf import Arm
+from pluralign.experiments.maxmin_gpt2 import GROUPS, concise_reward, ground_truth
+from pluralign.pipeline.assets import load_gpt2_tokenizer
+from pluralign.pipeline.config import load_stage_config
+from pluralign.pipeline.io import config_fingerprint
+from pluralign.training.generation import (
+    Rollouts,
+    kl_to_reference,
+    response_logprobs,
+    sample_rollouts,
+)
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -158,30 +173,48 @@ def test_label_pairs_rejects_bad_arguments() -> None:
         label_pairs(a, np.zeros((4, 2)), [1, 1], 2, 1.0, 0)
     with pytest.raises(ValueError, match="equal"):
         label_pairs(np.zeros(5), np.zeros(5), [1], 2, 1.0, 0)
-    with pytest.raises(ValueError, match="per_user"):
+    with pytest.raises(ValueError, match=r"comparisons per user must be in 1\.\.5 .*got 6"):
         label_pairs(a, b, [1, 1], 6, 1.0, 0)
-    with pytest.raises(ValueError, match="per_user"):
+    with pytest.raises(ValueError, match=r"comparisons per user must be in 1\.\.5 .*got 0"):
         label_pairs(a, b, [1, 1], 0, 1.0, 0)
     for beta in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="beta"):
             label_pairs(a, b, [1, 1], 2, beta, 0)
-    with pytest.raises(ValueError, match="users_per_group"):
+    with pytest.raises(ValueError, match=r"users_per_group has 3 entries for K=2 groups"):
         label_pairs(a, b, [1, 1, 1], 2, 1.0, 0)
+    for users in ([0, 0], [2, -1]):
+        with pytest.raises(ValueError, match="users_per_group must be non-negative ints"):
+            label_pairs(a, b, users, 2, 1.0, 0)
     label_pairs(a, b, [1, 1], 5, 1.0, 0)  # per_user == n_pairs is allowed
 
 
 def test_standardize_columns_pools_both_frames() -> None:
-    a = pd.DataFrame({"sentiment": [0.1, 0.9, 0.5], "concise": [-0.5, -1.0, -0.25], "c": 3.0})
-    b = pd.DataFrame({"sentiment": [0.3, 0.7], "concise": [-0.75, -1.0], "c": 3.0}, index=[0, 1])
+    a = pd.DataFrame({"sentiment": [0.1, 0.9, 0.5], "concise": [-0.5, -1.0, -0.25]})
+    b = pd.DataFrame({"sentiment": [0.3, 0.7], "concise": [-0.75, -1.0]}, index=[0, 1])
     za, zb = standardize_columns(a, b)
-    assert za.shape == (3, 3) and zb.shape == (2, 3)
+    assert za.shape == (3, 2) and zb.shape == (2, 2)
     pooled = np.vstack([a.to_numpy(), b.to_numpy()])
     z = np.vstack([za, zb])
-    np.testing.assert_allclose(z[:, :2].mean(axis=0), 0.0, atol=1e-12)
-    np.testing.assert_allclose(z[:, :2].std(axis=0), 1.0, rtol=1e-12)
-    expected = (pooled[:, :2] - pooled[:, :2].mean(0)) / pooled[:, :2].std(0)
-    np.testing.assert_allclose(z[:, :2], expected, rtol=1e-12)
-    assert np.all(np.isfinite(z)) and np.all(z[:, 2] == 0.0)  # constant column: no 0/0
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, rtol=1e-12)
+    expected = (pooled - pooled.mean(0)) / pooled.std(0)
+    np.testing.assert_allclose(z, expected, rtol=1e-12)
+    # b's own statistics would give other z-scores: the pooling matters
+    own = (b.to_numpy() - b.to_numpy().mean(0)) / b.to_numpy().std(0)
+    assert np.abs(zb - own).max() > 0.1
+
+
+def test_standardize_columns_refuses_a_constant_column_by_name() -> None:
+    """A constant ground truth has no ranking to learn: an error naming the column, not a
+    silent column of zeros (constant on the pooled rows, even if one side alone varies)."""
+    a = pd.DataFrame({"sentiment": [0.1, 0.9, 0.5], "c": 3.0})
+    b = pd.DataFrame({"sentiment": [0.3, 0.7], "c": 3.0})
+    with pytest.raises(ValueError, match=r"columns \['c'\] are constant"):
+        standardize_columns(a, b)
+    varies_in_a_only = pd.DataFrame({"sentiment": [0.3, 0.7], "c": [3.0, 3.0]})
+    standardize_columns(a.assign(c=[3.0, 3.0, 4.0]), varies_in_a_only)  # pooled: not constant
+    with pytest.raises(ValueError, match=r"columns \['sentiment'\] hold NaN or inf"):
+        standardize_columns(a.assign(sentiment=[0.1, np.nan, 0.5], c=[1.0, 2.0, 3.0]), b)
 
 
 def test_pair_accuracy_by_hand() -> None:
@@ -206,7 +239,7 @@ def test_chosen_rejected_follows_a_wins() -> None:
         user_group=np.array([0, 1]),
         p_a=np.full(4, 0.5),
     )
-    chosen, rejected = chosen_rejected(["a0", "a1", "a2"], ["b0", "b1", "b2"], lab)
+    chosen, rejected = lab.chosen_rejected(["a0", "a1", "a2"], ["b0", "b1", "b2"])
     assert chosen == ["a0", "b2", "a1", "a2"]
     assert rejected == ["b0", "a2", "b1", "b2"]
 
@@ -217,18 +250,27 @@ def test_chosen_rejected_follows_a_wins() -> None:
 def test_bootstrap_ci_closed_forms() -> None:
     x = np.random.default_rng(0).normal(2.0, 3.0, size=2000)
     m, lo, hi = bootstrap_ci(x, n_boot=2000, seed=0)
-    assert m == x.mean()
+    assert m == pytest.approx(x.mean(), rel=1e-12)  # the point estimate is the plain mean
     assert lo < m < hi
     expected_width = 2 * 1.96 * x.std(ddof=1) / math.sqrt(x.size)
     assert (hi - lo) == pytest.approx(expected_width, rel=0.15)
+    # seeded: the same seed reproduces itself bitwise, another seed resamples differently
     assert bootstrap_ci(x, 2000, seed=0) == (m, lo, hi)
     assert bootstrap_ci(x, 2000, seed=1)[1:] != (lo, hi)
-    # a narrower level gives a narrower interval
+    # a narrower level gives a narrower interval (same seed: the same resamples)
     _, lo50, hi50 = bootstrap_ci(x, 2000, seed=0, level=0.5)
     assert lo < lo50 < hi50 < hi
-    # two points: resampled means are 0, 1/2, 1 with prob 1/4, 1/2, 1/4
+    # two points: resampled means are 0, 1/2, 1 with prob 1/4, 1/2, 1/4 (exact in binary)
     assert bootstrap_ci(np.array([0.0, 1.0]), 4000, seed=0) == (0.5, 0.0, 1.0)
     assert bootstrap_ci(np.array([0.0, 1.0]), 4000, seed=0, level=0.4) == (0.5, 0.5, 0.5)
+    # constant values: a degenerate interval at the value
+    assert bootstrap_ci(np.full(7, 0.25), 500, seed=0) == (0.25, 0.25, 0.25)
+    # one value: no interval (NaN bounds), the point estimate still defined
+    one = bootstrap_ci(np.array([0.7]), 500, seed=0)
+    assert one[0] == 0.7 and math.isnan(one[1]) and math.isnan(one[2])
+    for bad in (np.array([]), np.zeros((3, 2))):
+        with pytest.raises(ValueError, match="non-empty 1-D"):
+            bootstrap_ci(bad, 100, seed=0)
 
 
 def test_win_rates_and_evaluate_by_hand() -> None:
@@ -356,3 +398,108 @@ def test_config_fingerprint_is_stable_and_sensitive() -> None:
     ]
     fps = {config_fingerprint(*parts) for parts in changed}
     assert fp not in fps and len(fps) == len(changed)
+
+
+# --------------------------------------------------------------------------- the design
+
+
+@pytest.fixture
+def cfg(tiny_params: Path) -> exp.Config:
+    return load_stage_config("maxmin_gpt2", exp.Config, tiny_params, "cpu")
+
+
+def test_config_loads_nested_sections_and_needs_the_main_ratio(cfg: exp.Config) -> None:
+    assert cfg.generation.max_new_tokens == 6 and cfg.ppo.n_updates == 2
+    assert cfg.reward_model.max_length == 16
+    assert cfg.main_ratio == 2 and cfg.main_ratio in cfg.ratio_grid  # 4 : 2 users
+    with pytest.raises(ValueError, match=r"ratio_grid \[1, 4\] must hold the main ratio .* = 2"):
+        dataclasses.replace(cfg, ratio_grid=[1, 4])
+    odd = dataclasses.replace(cfg, users_majority=30, users_minority=3, ratio_grid=[10])
+    assert odd.main_ratio == 10
+
+
+def test_arms_list_the_runs_in_the_documented_order(cfg: exp.Config) -> None:
+    cfg = dataclasses.replace(cfg, seeds=[3, 4], ratio_grid=[4, 2, 1], kl_coef_high=0.7)
+
+    def reward(tag: str):
+        return lambda texts: np.full(len(texts), len(tag), dtype=np.float64)
+
+    single = {r: {"single": reward(f"s{r}")} for r in (1, 2, 4)}
+    em = {r: {"em0:sentiment": reward(f"e{r}"), "em1:concise": reward(f"f{r}")} for r in (1, 2, 4)}
+    true = {g: reward(g) for g in GROUPS}
+    runs = exp.arms(cfg, single, em, true)
+    assert all(isinstance(a, Arm) for a in runs)
+    assert [(a.name, a.how, a.seed) for a in runs] == [
+        ("single", "single", 3),
+        ("single", "single", 4),
+        ("maxmin_em", "maxmin_sample", 3),
+        ("maxmin_em", "maxmin_sample", 4),
+        ("maxmin_true", "maxmin_sample", 3),
+        ("maxmin_true", "maxmin_sample", 4),
+        ("maxmin_batch_true", "maxmin_batch", 3),
+        ("softmin_true", "softmin", 3),
+        ("single_kl_high", "single", 3),
+        ("maxmin_true_kl_high", "maxmin_sample", 3),
+        ("single_ratio_1", "single", 3),
+        ("maxmin_em_ratio_1", "maxmin_sample", 3),
+        ("single_ratio_4", "single", 3),
+        ("maxmin_em_ratio_4", "maxmin_sample", 3),
+    ]
+    by_name = {a.name: a for a in runs}  # the last seed of each name
+    assert by_name["single"].rewards is single[2] and by_name["maxmin_em"].rewards is em[2]
+    assert by_name["maxmin_true"].rewards is true and by_name["softmin_true"].rewards is true
+    assert by_name["single_ratio_1"].rewards is single[1]
+    assert by_name["maxmin_em_ratio_4"].rewards is em[4]
+    assert by_name["softmin_true"].softmin_temperature == cfg.softmin_temperature
+    assert {a.softmin_temperature for a in runs if a.name != "softmin_true"} == {0.0}
+    high = [a for a in runs if a.ppo_overrides]
+    assert [a.name for a in high] == ["single_kl_high", "maxmin_true_kl_high"]
+    for a in runs:
+        expected = 0.7 if a.ppo_overrides else cfg.ppo.kl_coef
+        assert a.settings(cfg.ppo).kl_coef == expected
+        assert a.settings(cfg.ppo).n_updates == cfg.ppo.n_updates
+    # ratio_of inverts the naming of the sweep
+    assert {a.name: exp.ratio_of(a.name, cfg.main_ratio) for a in runs} == {
+        "single": 2,
+        "maxmin_em": 2,
+        "maxmin_true": None,
+        "maxmin_batch_true": None,
+        "softmin_true": None,
+        "single_kl_high": None,
+        "maxmin_true_kl_high": None,
+        "single_ratio_1": 1,
+        "maxmin_em_ratio_1": 1,
+        "single_ratio_4": 4,
+        "maxmin_em_ratio_4": 4,
+    }
+
+
+def test_em_rewards_are_named_by_model_and_the_group_it_holds() -> None:
+    models = ["m0", "m1", "m2"]
+    named = exp.em_rewards(models, [1, 0, 1], lambda m: f"score({m})")
+    assert named == {
+        "em0:concise": "score(m0)",
+        "em1:sentiment": "score(m1)",
+        "em2:concise": "score(m2)",
+    }
+    with pytest.raises(ValueError):
+        exp.em_rewards(models, [0, 1], str)  # one group per model
+
+
+def test_truth_of_is_ground_truth_as_a_callable() -> None:
+    roll = Rollouts(
+        prompt_ids=[[0], [0], [0]],
+        continuation_ids=[[5], [6, 7, 8], [9, 9]],
+        texts=["a", "bb", "ccc"],
+        continuations=["", "", ""],
+        n_tokens=np.array([1, 3, 2]),
+        stopped=np.array([True, False, False]),
+    )
+
+    def sentiment(texts):
+        return np.array([len(t) / 10 for t in texts])
+
+    got = exp.truth_of(sentiment, 3)(roll)
+    pd.testing.assert_frame_equal(got, ground_truth(roll, sentiment, 3))
+    np.testing.assert_allclose(got["concise"], [-1 / 3, -1.0, -2 / 3])
+    np.testing.assert_allclose(got["sentiment"], [0.1, 0.2, 0.3])

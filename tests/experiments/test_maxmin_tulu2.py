@@ -2,7 +2,8 @@
 left-padded sampling, P-SOUPS users, the headline table and one PPO arm end to end.
 
 Every check is against something computed here independently: hand values, a hand-written
-chat template, a brute-force bootstrap, a greedy decode of unpadded prompts, planted rows.
+chat template, properties a paired percentile bootstrap must have, a greedy decode of
+unpadded prompts, planted rows.
 """
 
 from __future__ import annotations
@@ -19,25 +20,55 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import transformers
 from datasets import Dataset
 from transformers import PreTrainedTokenizerFast
 
-from pluralign import maxmin_gpt2 as mg
-from pluralign import maxmin_tulu2 as mt
-from pluralign.pipeline.assets import AssetError, load_gpt2_tokenizer
-from pluralign.config import PolicyPretrainConfig
-from pluralign.pipeline.config import load_stage_config
-from pluralign.training.llama_proxy import build_llama_proxy
-from pluralign.training.ppo import PPOSettings
-from pluralign.data.psoups import DIMENSIONS, dimension_scores
-from pluralign.core.stats import gains
+from pluralign.core.stats import gains, headline
 from pluralign.data.preferences import load_prompt_texts
-from pluralign.data.psoups import check_dimensions, group_truth, opposed, psoups_users
+from pluralign.data.psoups import (
+    DIMENSIONS,
+    check_dimensions,
+    dimension_scores,
+    group_truth,
+    opposed,
+    psoups_users,
+)
 from pluralign.data.text import chat_prompt_ids
-from pluralign.experiments.maxmin_tulu2 import ArmSpec, GROUPS, backbone_spec, launch_arm, main, proxy_pretrain_config, read_arm, train_arm
-from pluralign.training.generation import Rollouts, kl_to_reference, sample_rollouts
-from pluralign.training.lora import BackboneSpec, lora_classifier, lora_policy, save_adapter
+from pluralign.experiments import maxmin_tulu2 as mt
+from pluralign.experiments.maxmin_tulu2 import (
+    GROUPS,
+    ArmSpec,
+    ProxySettings,
+    backbone_spec,
+    launch_arm,
+    main,
+    proxy_pretrain_config,
+    read_arm,
+    train_arm,
+)
+from pluralign.pipeline import assets
+from pluralign.pipeline.assets import AssetError, Source, load_gpt2_tokenizer, resolve_source
+from pluralign.pipeline.config import load_stage_config
+from pluralign.training import generation
+from pluralign.training.generation import (
+    GenerationSettings,
+    Rollouts,
+    kl_to_reference,
+    sample_continuations,
+    sample_rollouts,
+)
+from pluralign.training.llama_proxy import build_llama_proxy
+from pluralign.training.lora import (
+    BackboneSpec,
+    load_base_policy,
+    lora_classifier,
+    lora_policy,
+    save_adapter,
+)
 from pluralign.training.models import load_chat_tokenizer
+from pluralign.training.ppo import PPOSettings
+from pluralign.training.pretrain import PretrainConfig
 
 SHAPE = {"hidden_size": 16, "n_layers": 1, "n_heads": 2, "intermediate_size": 32}
 N_TOKENS = 32

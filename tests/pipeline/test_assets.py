@@ -8,8 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
+
 from pluralign.data.scorers import vader_compound
-from pluralign.pipeline.assets import AssetError, clean_review, load_gpt2_tokenizer, load_imdb, load_rotten_tomatoes, load_sentence_encoder, packaged_file
+from pluralign.pipeline import assets
+from pluralign.pipeline.assets import (
+    AssetError,
+    clean_review,
+    load_gpt2_tokenizer,
+    load_imdb,
+    load_rotten_tomatoes,
+    load_sentence_encoder,
+    packaged_file,
+)
 from pluralign.training.models import check_model_dir, load_causal_lm, load_tokenizer
 
 
@@ -151,7 +162,7 @@ def test_use_offline_hub_stops_an_already_imported_hub(tmp_path: Path) -> None:
     log = tmp_path / "net.log"
     code = (
         "import huggingface_hub\n"
-        "from pluralign.assets import use_offline_hub\n"
+        "from pluralign.pipeline.assets import use_offline_hub\n"
         "use_offline_hub()\n"
         "try:\n"
         f"    huggingface_hub.hf_hub_download('gpt2', 'config.json', cache_dir=r'{tmp_path}')\n"
@@ -164,3 +175,36 @@ def test_use_offline_hub_stops_an_already_imported_hub(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Error" in proc.stdout
     assert not log.exists(), log.read_text()  # refused before any connection attempt
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def test_resolve_source_tells_local_paths_from_pinned_hub_names(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    assert assets.resolve_source(str(folder)) == assets.Source(str(folder))
+    assert assets.resolve_source("gpt2@607a30d") == assets.Source("gpt2", "607a30d")
+    assert assets.resolve_source("owner/name@v1.0").revision == "v1.0"
+    assert str(assets.resolve_source("owner/name@v1.0")) == "owner/name@v1.0"
+    # missing local files stay local (their loader then says "not found", not "pin")
+    for spec in ("./missing", "data/rlphf/P1A.json", "a/b/c", "~/x", "/abs/path"):
+        assert assets.resolve_source(spec).local, spec
+    # a relative path is taken from the project root, whatever the working directory
+    assert assets.resolve_source("params.yaml").name == str(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("spec", ["gpt2", "allenai/tulu-2-7b", "owner/name@", "@rev"])
+def test_an_unpinned_hub_name_is_refused(spec: str) -> None:
+    with pytest.raises(AssetError, match="pin a revision"):
+        assets.resolve_source(spec, "policy")
+
+
+def test_loaders_refuse_unpinned_hub_names_before_any_download(host_lookups) -> None:
+    with pytest.raises(AssetError, match=r"'gpt2' is a hub name: pin a revision"):
+        load_causal_lm("gpt2")
+    with pytest.raises(AssetError, match="pin a revision"):
+        load_imdb("stanfordnlp/imdb")
+    with pytest.raises(AssetError, match="pin a revision"):
+        load_gpt2_tokenizer("gpt2")
+    assert host_lookups == []

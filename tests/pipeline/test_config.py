@@ -8,9 +8,17 @@ from pathlib import Path
 import pytest
 from helpers import TINY_PARAMS, write_params
 
-from pluralign.config import PolicyPretrainConfig, stage_config_class
-from pluralign.pipeline.config import ConfigError, StageConfig, load_stage_config, notebook_sections
+from pluralign.experiments import maxmin_gpt2, maxmin_tulu2
+from pluralign.pipeline.config import (
+    ConfigError,
+    StageConfig,
+    deep_merge,
+    load_stage_config,
+    notebook_sections,
+)
 from pluralign.pipeline.paths import project_root
+from pluralign.pipeline.runner import config_class
+from pluralign.training.pretrain import PretrainConfig
 
 SECTIONS = sorted(set(notebook_sections().values()))
 
@@ -18,18 +26,78 @@ SECTIONS = sorted(set(notebook_sections().values()))
 @pytest.mark.parametrize("stage", SECTIONS)
 @pytest.mark.parametrize("profile", ["cpu", "paper"])
 def test_repo_params_load_for_every_stage_and_profile(stage: str, profile: str) -> None:
-    config = load_stage_config(stage, project_root() / "params.yaml", profile)
-    assert isinstance(config, stage_config_class(stage))
+    cls = config_class(stage)
+    config = load_stage_config(stage, cls, project_root() / "params.yaml", profile)
+    assert isinstance(config, cls)
     assert config.profile == profile
 
 
-def test_stage_configs_are_found_in_config_or_their_own_module() -> None:
-    assert stage_config_class("policy_pretrain") is PolicyPretrainConfig
-    external = stage_config_class("maxmin_tulu2")
-    assert external.__module__ == "pluralign.stage_configs.maxmin_tulu2"
-    assert issubclass(external, StageConfig)
-    with pytest.raises(ConfigError, match="unknown stage 'no_such_stage'"):
-        stage_config_class("no_such_stage")
+def test_each_stage_config_lives_in_its_experiment_module() -> None:
+    for section in SECTIONS:
+        cls = config_class(section)
+        assert issubclass(cls, StageConfig)
+    assert config_class("maxmin_gpt2").__module__ == "pluralign.experiments.maxmin_gpt2"
+    assert config_class("policy_pretrain") is PretrainConfig  # the recipe 05 reuses
+    with pytest.raises(ConfigError, match=r"no module pluralign\.experiments\.no_such_stage"):
+        config_class("no_such_stage")
+
+
+def test_nested_sections_merge_deeply_and_become_typed_settings() -> None:
+    cpu = load_stage_config("maxmin_gpt2", maxmin_gpt2.Config, None, "cpu")
+    paper = load_stage_config("maxmin_gpt2", maxmin_gpt2.Config, None, "paper")
+    # shared keys of the ppo section survive a profile that overrides others in it
+    assert cpu.ppo.kl_coef == paper.ppo.kl_coef == 0.05
+    assert (cpu.ppo.n_updates, paper.ppo.n_updates) == (40, 200)
+    assert cpu.reward_model.trainer_args() == {
+        "learning_rate": 1e-4,
+        "num_train_epochs": 2.0,
+        "per_device_train_batch_size": 32,
+    }
+    assert cpu.generation.max_new_tokens == 32
+
+
+def test_fields_one_profile_does_not_use_may_be_left_out() -> None:
+    cpu = load_stage_config("maxmin_tulu2", maxmin_tulu2.Config, None, "cpu")
+    paper = load_stage_config("maxmin_tulu2", maxmin_tulu2.Config, None, "paper")
+    assert cpu.proxy is not None and paper.proxy is None
+    assert cpu.n_pref_prompts == 600 and paper.n_pref_prompts is None
+    assert cpu.psoups_files is None and paper.psoups_files == {"P1A": "P1A.json", "P1B": "P1B.json"}
+
+
+def test_nested_errors_name_the_whole_path(tmp_path: Path) -> None:
+    params = copy.deepcopy(TINY_PARAMS)
+    params["maxmin_gpt2"]["cpu"]["ppo"]["n_update"] = 3
+    path = write_params(tmp_path / "p.yaml", params)
+    with pytest.raises(ConfigError, match=r"maxmin_gpt2\.ppo\.n_update: unknown key"):
+        load_stage_config("maxmin_gpt2", maxmin_gpt2.Config, path)
+    params = copy.deepcopy(TINY_PARAMS)
+    params["maxmin_gpt2"]["cpu"]["ppo"]["batch_size"] = 5  # not a multiple of 2 minibatches
+    path = write_params(tmp_path / "p.yaml", params)
+    with pytest.raises(ConfigError, match=r"maxmin_gpt2\.ppo: batch_size must be a multiple"):
+        load_stage_config("maxmin_gpt2", maxmin_gpt2.Config, path)
+    params = copy.deepcopy(TINY_PARAMS)
+    del params["maxmin_tulu2"]["cpu"]["proxy"]  # the proxy policy needs its shape
+    path = write_params(tmp_path / "p.yaml", params)
+    with pytest.raises(ConfigError, match="llama_proxy needs the proxy section"):
+        load_stage_config("maxmin_tulu2", maxmin_tulu2.Config, path)
+
+
+def test_deep_merge_recurses_into_mappings_only() -> None:
+    base = {"a": {"x": 1, "y": 2}, "b": [1, 2], "c": 1}
+    assert deep_merge(base, {"a": {"y": 3}, "b": [9], "d": 4}) == {
+        "a": {"x": 1, "y": 3},
+        "b": [9],
+        "c": 1,
+        "d": 4,
+    }
+    assert base["a"] == {"x": 1, "y": 2}  # inputs untouched
+
+
+def test_a_relative_params_file_is_taken_from_the_project_root(tmp_path, monkeypatch) -> None:
+    """JupyterLab starts a notebook's kernel in notebooks/: "params.yaml" must still work."""
+    monkeypatch.chdir(tmp_path)
+    config = load_stage_config("policy_pretrain", PretrainConfig, "params.yaml")
+    assert config.block_size == 128
 
 
 def test_notebook_sections_come_from_dvc_yaml(tmp_path: Path) -> None:
@@ -45,9 +113,9 @@ def test_notebook_sections_come_from_dvc_yaml(tmp_path: Path) -> None:
 
 
 def test_profile_overrides_shared_keys() -> None:
-    cpu = load_stage_config("policy_pretrain", None, "cpu")
-    paper = load_stage_config("policy_pretrain", None, "paper")
-    assert isinstance(cpu, PolicyPretrainConfig) and isinstance(paper, PolicyPretrainConfig)
+    cpu = load_stage_config("policy_pretrain", PretrainConfig, None, "cpu")
+    paper = load_stage_config("policy_pretrain", PretrainConfig, None, "paper")
+    assert isinstance(cpu, PretrainConfig) and isinstance(paper, PretrainConfig)
     assert (cpu.init_from, paper.init_from) == ("scratch", "gpt2")
     assert cpu.block_size == 128 and paper.block_size == 256  # paper overrides a shared key
     assert cpu.temperature == paper.temperature  # shared
@@ -58,7 +126,7 @@ def test_default_profile_comes_from_the_file(tmp_path: Path) -> None:
     params["profile"] = "paper"
     params["policy_pretrain"]["paper"] = dict(params["policy_pretrain"]["cpu"], init_from="gpt2")
     path = write_params(tmp_path / "p.yaml", params)
-    assert load_stage_config("policy_pretrain", path).profile == "paper"
+    assert load_stage_config("policy_pretrain", PretrainConfig, path).profile == "paper"
 
 
 def _broken(tmp_path: Path, mutate) -> Path:
@@ -108,23 +176,26 @@ def _broken(tmp_path: Path, mutate) -> Path:
 def test_bad_params_name_the_key(tmp_path: Path, mutate, message: str) -> None:
     path = _broken(tmp_path, mutate)
     with pytest.raises(ConfigError, match=message):
-        load_stage_config("policy_pretrain", path)
+        load_stage_config("policy_pretrain", PretrainConfig, path)
 
 
 def test_float_fields_accept_ints_and_yaml_exponent_strings(tmp_path: Path) -> None:
     path = _broken(tmp_path, lambda p: p["policy_pretrain"]["cpu"].update(learning_rate="1e-4"))
-    assert load_stage_config("policy_pretrain", path).learning_rate == pytest.approx(1e-4)
+    assert load_stage_config(
+        "policy_pretrain", PretrainConfig, path
+    ).learning_rate == pytest.approx(1e-4)
     path = _broken(tmp_path, lambda p: p["policy_pretrain"].update(temperature=1))
-    config = load_stage_config("policy_pretrain", path)
+    config = load_stage_config("policy_pretrain", PretrainConfig, path)
     assert config.temperature == 1.0 and isinstance(config.temperature, float)
 
 
 def test_missing_or_invalid_params_file(tmp_path: Path) -> None:
+    write_params(tmp_path / "p.yaml", copy.deepcopy(TINY_PARAMS))
     with pytest.raises(ConfigError, match="params file not found"):
-        load_stage_config("policy_pretrain", tmp_path / "nope.yaml")
+        load_stage_config("policy_pretrain", PretrainConfig, tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("profile: [cpu\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_stage_config("policy_pretrain", bad)
-    with pytest.raises(ConfigError, match="unknown stage"):
-        load_stage_config("no_such_stage", bad)
+        load_stage_config("policy_pretrain", PretrainConfig, bad)
+    with pytest.raises(ConfigError, match="no_such_stage: section missing"):
+        load_stage_config("no_such_stage", PretrainConfig, tmp_path / "p.yaml")

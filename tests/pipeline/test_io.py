@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pluralign.pipeline.io import atomic_path, run_manifest, save_dir_atomic, set_seed, write_json_atomic
+from pluralign.pipeline.io import (
+    atomic_path,
+    run_manifest,
+    save_dir_atomic,
+    set_seed,
+    write_json_atomic,
+)
 
 
 def test_set_seed_repeats_every_generator() -> None:

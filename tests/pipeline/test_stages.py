@@ -4,36 +4,23 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
-from helpers import TINY_PARAMS, write_params
+from helpers import ROOT, TINY_PARAMS, run_guarded, run_stage, write_params
 
 from pluralign.pipeline.config import notebook_sections, read_params
 
-ROOT = Path(__file__).resolve().parents[1]
-GUARD = Path(__file__).resolve().parent / "netguard"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 NOTEBOOK_SECTIONS = notebook_sections(ROOT / "dvc.yaml")
 
 
-def _run(args: list[str], tmp_path: Path, extra_env: dict | None = None):
-    """Run a command with the network guard active in it and in papermill's kernel."""
-    log = tmp_path / "netguard.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(GUARD), os.environ.get("PYTHONPATH", "")]),
-        "NETGUARD_LOG": str(log),
-        **(extra_env or {}),
-    }
-    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    return proc, (log.read_text().splitlines() if log.exists() else [])
+def _leaves(metrics: dict) -> list:
+    return [leaf for v in metrics.values() for leaf in (_leaves(v) if isinstance(v, dict) else [v])]
 
 
 # --------------------------------------------------------------------------- static checks
@@ -86,7 +73,7 @@ def test_network_guard_catches_a_real_attempt(tmp_path: Path) -> None:
         "try:\n    urllib.request.urlopen('https://huggingface.co', timeout=5)\n"
         "except Exception as err:\n    print(type(err).__name__)\n"
     )
-    proc, attempts = _run([sys.executable, "-c", code], tmp_path)
+    proc, attempts = run_guarded([sys.executable, "-c", code], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert attempts and "huggingface.co" in attempts[0]
 
@@ -112,24 +99,12 @@ def test_upstream_stages_are_found() -> None:
 def test_stage_runs_offline_end_to_end(stage: str, tiny_params: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     for name in [*_upstream(stage), stage]:  # upstream models first, into the same root
-        proc, attempts = _run(
-            [
-                sys.executable,
-                "-m",
-                "pluralign.run_notebook",
-                str(ROOT / "notebooks" / f"{name}.ipynb"),
-                "--params-file",
-                str(tiny_params),
-                "--output-root",
-                str(out),
-            ],
-            tmp_path,
-        )
+        proc, attempts = run_stage(name, tiny_params, out, tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert attempts == [], f"{name} tried to reach the network: {attempts}"
 
     metrics = json.loads((out / "results" / "metrics" / f"{stage}.json").read_text())
-    assert metrics and all(isinstance(v, int | float) for v in metrics.values())
+    assert metrics and all(isinstance(v, int | float) for v in _leaves(metrics))
     manifest = json.loads((out / "results" / "manifests" / f"{stage}.json").read_text())
     assert manifest["stage"] == stage and manifest["config"]["profile"] == "cpu"
     executed = nbformat.read(out / "results" / "notebooks" / f"{stage}.ipynb", as_version=4)
@@ -149,19 +124,7 @@ def test_bad_params_stop_before_the_kernel_and_keep_old_outputs(tmp_path: Path) 
     old = out / "results" / "metrics" / "00_sentiment_judge.json"
     old.parent.mkdir(parents=True)
     old.write_text('{"imdb_accuracy": 0.9}')
-    proc, _ = _run(
-        [
-            sys.executable,
-            "-m",
-            "pluralign.run_notebook",
-            str(ROOT / "notebooks" / "00_sentiment_judge.ipynb"),
-            "--params-file",
-            str(path),
-            "--output-root",
-            str(out),
-        ],
-        tmp_path,
-    )
+    proc, _ = run_stage("00_sentiment_judge", path, out, tmp_path)
     assert proc.returncode == 2
     assert "sentiment_judge.learnin_rate: unknown key" in proc.stderr
     assert old.read_text() == '{"imdb_accuracy": 0.9}'

@@ -1,0 +1,153 @@
+"""FRFT's selection rules (pluralign.core.frft): top-k, the rules P1-P4 and random, and the
+similarities they select on.
+
+Every check is against something computed independently here: brute-force references of
+the selection rules, per-record loops, hand values and binomial tolerances.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pluralign.core.frft import RULES, select, similarities, top_k
+
+
+def binomial_ok(hits: int, n: int, p: float, z: float = 4.0) -> bool:
+    """|hits - n p| within z binomial standard deviations."""
+    return abs(hits - n * p) <= z * math.sqrt(n * p * (1 - p))
+
+
+def ref_top_k(scores, k: int, eligible=None) -> list[int]:
+    """Brute force: stable order by (-score, index), first k, sorted by index."""
+    pool = [i for i in range(len(scores)) if eligible is None or eligible[i]]
+    return sorted(sorted(pool, key=lambda i: (-scores[i], i))[:k])
+
+
+def ref_select(rule: str, s_c, s_r, k: int, tau: float) -> list[int]:
+    """The rules of the module docstring, written out record by record."""
+    n = len(s_c)
+    if rule == "P1":
+        both = [s_c[i] > tau and s_r[i] > tau for i in range(n)]
+        return ref_top_k([s_c[i] + s_r[i] for i in range(n)], k, both)
+    if rule == "P2":
+        by_r = ref_top_k(s_r, k // 2) if k // 2 else []
+        return sorted(set(ref_top_k(s_c, -(-k // 2))) | set(by_r))
+    if rule == "P3":
+        return ref_top_k(s_r, k)
+    return ref_top_k(s_c, k)  # P4
+
+
+# --------------------------------------------------------------------------- top_k / select
+
+
+def test_rules_are_the_papers_four_and_the_random_control() -> None:
+    assert RULES == ("P1", "P2", "P3", "P4", "random")
+
+
+def test_top_k_matches_brute_force_with_ties() -> None:
+    """top_k = stable sort by (-score, index), with and without a mask, any k."""
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        n = int(rng.integers(1, 16))
+        scores = rng.integers(0, 5, size=n).astype(float)  # many ties
+        mask = rng.random(n) < 0.6 if rng.random() < 0.5 else None
+        for k in range(1, n + 3):
+            got = top_k(scores, k, mask)
+            assert got.tolist() == ref_top_k(scores, k, mask), (scores, mask, k)
+            assert got.dtype.kind == "i"
+
+
+def test_top_k_edge_cases_by_hand() -> None:
+    """Ties at the cut go to the lower index; k >= pool returns the pool; empty pool."""
+    s = np.array([1.0, 3.0, 3.0, 2.0, 3.0])
+    assert top_k(s, 2).tolist() == [1, 2]
+    assert top_k(s, 4).tolist() == [1, 2, 3, 4]
+    assert top_k(s, 5).tolist() == [0, 1, 2, 3, 4]  # k == pool
+    assert top_k(s, 9).tolist() == [0, 1, 2, 3, 4]  # k > pool
+    mask = np.array([True, False, True, True, False])
+    assert top_k(s, 1, mask).tolist() == [2]
+    assert top_k(s, 3, mask).tolist() == [0, 2, 3]  # k == pool
+    assert top_k(s, 1, np.zeros(5, bool)).tolist() == []
+
+
+@pytest.mark.parametrize("rule", ["P1", "P2", "P3", "P4"])
+def test_select_rules_match_their_definitions(rule: str) -> None:
+    """Each rule equals a plain-Python reading of its definition (ties, odd and even k)."""
+    rng = np.random.default_rng(1)
+    for _ in range(150):
+        n = int(rng.integers(1, 14))
+        s_c = rng.integers(0, 5, size=n) / 4.0
+        s_r = rng.integers(0, 5, size=n) / 4.0
+        for k in range(1, n + 2):
+            got = select(rule, s_c, s_r, k, threshold=0.5)
+            assert got.tolist() == ref_select(rule, s_c, s_r, k, 0.5), (s_c, s_r, k)
+
+
+def test_p1_threshold_is_strict_on_both_similarities() -> None:
+    """P1 keeps only records with s_c > tau and s_r > tau (equality excluded)."""
+    s_c = np.array([0.9, 0.8, 0.95, 0.99, 0.85])
+    s_r = np.array([0.9, 0.99, 0.7, 0.81, 0.86])
+    assert select("P1", s_c, s_r, 10, threshold=0.8).tolist() == [0, 3, 4]
+    assert select("P1", s_c, s_r, 2, threshold=0.8).tolist() == [0, 3]  # 1.8 and 1.8 > 1.71
+
+
+def test_p2_respects_the_budget_for_odd_k() -> None:
+    """P2's union has at most k records: ceil(k/2) by s_c and floor(k/2) by s_r."""
+    s_c = np.array([3.0, 2.0, 1.0, 0.0])
+    s_r = np.array([0.0, 1.0, 2.0, 3.0])
+    assert select("P2", s_c, s_r, 3).size <= 3
+
+
+def test_random_rule_is_a_reproducible_sample_without_repeats() -> None:
+    """random: min(k, n) distinct sorted indices, fixed by the rng seed, varying with it."""
+    s = np.zeros(50)
+    a = select("random", s, s, 10, rng=np.random.default_rng(3))
+    assert a.size == 10 and np.unique(a).size == 10 and np.all(np.diff(a) > 0)
+    assert a.min() >= 0 and a.max() < 50
+    assert np.array_equal(a, select("random", s, s, 10, rng=np.random.default_rng(3)))
+    assert not np.array_equal(a, select("random", s, s, 10, rng=np.random.default_rng(4)))
+    assert select("random", s[:4], s[:4], 10, rng=np.random.default_rng(0)).tolist() == [0, 1, 2, 3]
+    # uniform: every index is drawn about k/n of the time
+    counts = np.zeros(50)
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        counts[select("random", s, s, 10, rng=rng)] += 1
+    assert all(binomial_ok(int(c), 2000, 0.2, z=5) for c in counts)
+
+
+def test_select_rejects_bad_arguments() -> None:
+    """Unknown rule, k < 1, random without rng, s_c / s_r of different shapes."""
+    s = np.zeros(4)
+    with pytest.raises(ValueError, match="unknown selection rule"):
+        select("P5", s, s, 2)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        select("P4", s, s, 0)
+    with pytest.raises(ValueError, match="needs an rng"):
+        select("random", s, s, 2)
+    with pytest.raises(ValueError, match="one entry per record"):
+        select("P3", s, np.zeros(5), 2)
+
+
+# --------------------------------------------------------------------------- similarities
+
+
+def test_similarities_match_a_per_record_cosine_loop() -> None:
+    """s_c, s_r = cosine of each record's responses to its own prompt's generation."""
+    rng = np.random.default_rng(2)
+
+    def unit(n):
+        x = rng.normal(size=(n, 8)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    gen, chosen, rejected = unit(4), unit(11), unit(11)
+    prompt_index = np.array([0, 0, 3, 1, 3, 3, 2, 0, 1, 2, 3])
+    s_c, s_r = similarities(gen, prompt_index, chosen, rejected)
+    assert s_c.dtype == np.float64 and s_r.shape == (11,)
+    for i, p in enumerate(prompt_index):
+        g = gen[p].astype(np.float64)
+        for resp, s in ((chosen[i], s_c[i]), (rejected[i], s_r[i])):
+            r = resp.astype(np.float64)
+            assert s == pytest.approx(g @ r / np.linalg.norm(g) / np.linalg.norm(r), abs=1e-6)
