@@ -21,7 +21,7 @@ from importlib.metadata import version
 import choix
 import numpy as np
 
-from pluralign.bradley_terry import fit_bt, win_matrix
+from pluralign.core.bradley_terry import fit_bt, win_matrix
 
 
 def make_data(m: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

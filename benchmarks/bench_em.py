@@ -22,7 +22,7 @@ import numpy as np
 from scipy.special import expit
 from sklearn.metrics import adjusted_rand_score
 
-from pluralign.mixture import fit_em
+from pluralign.core.mixture import fit_em
 
 
 def make_data(n_users: int, per_user: int, d: int, K: int, seed: int):

@@ -25,7 +25,10 @@ import time
 import numpy as np
 import torch
 
-from pluralign import inverse as inv
+from pluralign.core.frft import RULES, select, similarities
+from pluralign.data.preferences import PreferenceRecords
+from pluralign.data.text import review_prompts
+from pluralign.training.frft import FilteredRefit, RefitSettings, embed_records
 
 
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -38,12 +41,12 @@ def bench_selection(n: int = 100_000, d: int = 384, k: int = 2_000, repeats: int
     gen, chosen, rejected = unit(rng, n, d), unit(rng, n, d), unit(rng, n, d)
     prompt_index = rng.permutation(n)
     print(f"selection over {n:,} records, d={d}, k={k} (median of {repeats}):")
-    for rule in inv.RULES:
+    for rule in RULES:
         times = []
         for r in range(repeats):
             t0 = time.perf_counter()
-            s_c, s_r = inv.similarities(gen, prompt_index, chosen, rejected)
-            rows = inv.select(rule, s_c, s_r, k, threshold=0.05, rng=np.random.default_rng(r))
+            s_c, s_r = similarities(gen, prompt_index, chosen, rejected)
+            rows = select(rule, s_c, s_r, k, threshold=0.05, rng=np.random.default_rng(r))
             times.append(time.perf_counter() - t0)
         print(f"  {rule:7s} {statistics.median(times) * 1000:7.1f} ms  ({rows.size} selected)")
 
@@ -51,21 +54,18 @@ def bench_selection(n: int = 100_000, d: int = 384, k: int = 2_000, repeats: int
 def bench_refit(repeats: int = 3) -> None:
     from transformers import AutoModelForSequenceClassification, GPT2LMHeadModel
 
-    from pluralign.assets import (
-        load_gpt2_tokenizer,
-        load_imdb,
-        load_sentence_encoder,
-        load_tokenizer,
-    )
-    from pluralign.config import load_stage_config, project_root
-    from pluralign.maxmin_gpt2 import sample_rollouts
-    from pluralign.pretrain import build_policy
+    from pluralign.pipeline.assets import load_gpt2_tokenizer, load_imdb, load_sentence_encoder
+    from pluralign.pipeline.config import load_stage_config
+    from pluralign.pipeline.paths import project_root
+    from pluralign.training.generation import sample_rollouts
+    from pluralign.training.models import load_tokenizer
+    from pluralign.training.pretrain import PretrainConfig, build_policy
 
     folder = project_root() / "models" / "policy"
     if (folder / "config.json").is_file():
         tok, policy, source = load_tokenizer(folder), GPT2LMHeadModel.from_pretrained(folder), "00"
     else:
-        cfg = load_stage_config("policy_pretrain")
+        cfg = load_stage_config("policy_pretrain", PretrainConfig)
         tok = load_gpt2_tokenizer(cfg.tokenizer, cfg.max_merges)
         torch.manual_seed(0)
         policy, source = build_policy(cfg, tok), "random weights"
@@ -76,13 +76,13 @@ def bench_refit(repeats: int = 3) -> None:
         )
     encoder = load_sentence_encoder()
     texts = load_imdb().select(range(600))["text"]
-    prompt_ids, _ = inv.review_prompts(tok, texts, 8, 32)
+    prompt_ids, _ = review_prompts(tok, texts, 8, 32)
     prompt_ids = prompt_ids[:256]
     prompts = [tok.decode(p[1:]) for p in prompt_ids]
     a = sample_rollouts(policy, tok, prompt_ids, 32, 0.7, 1).continuations
     b = sample_rollouts(policy, tok, prompt_ids, 32, 0.7, 2).continuations
     n = len(prompts)
-    records = inv.PreferenceRecords(
+    records = PreferenceRecords(
         prompts=prompts,
         prompt_index=np.tile(np.arange(n), 4),
         chosen=a * 4,
@@ -90,18 +90,18 @@ def bench_refit(repeats: int = 3) -> None:
         source=np.repeat(["s0", "s1", "s2", "s3"], n),
         labeler=np.full(4 * n, "x"),
     )
-    inv.embed_records(records, encoder)
+    embed_records(records, encoder)
 
     def generate(pol, ids, seed):
         return sample_rollouts(pol, tok, ids, 32, 0.7, seed).continuations
 
-    refit = inv.FilteredRefit(
+    refit = FilteredRefit(
         rm,
         tok,
         records,
         prompt_ids,
         encoder,
-        inv.RefitSettings(rule="P4", k=128, every=4),
+        RefitSettings(rule="P4", k=128, every=4),
         generate,
         seed=0,
     )
@@ -114,10 +114,14 @@ def bench_refit(repeats: int = 3) -> None:
     print(f"  {'total':12s} {total:7.3f} s")
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="selection only")
     args = parser.parse_args()
     bench_selection()
     if not args.quick:
         bench_refit()
+
+
+if __name__ == "__main__":
+    main()

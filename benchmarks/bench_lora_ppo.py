@@ -32,30 +32,41 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from pluralign import maxmin_tulu2 as mt
-from pluralign.assets import load_gpt2_tokenizer, load_imdb, load_tokenizer
-from pluralign.config import load_stage_config, project_root
-from pluralign.llama_proxy import build_llama_proxy
-from pluralign.lora import trainable_parameters
-from pluralign.maxmin_rewards import Normalizer, TextRewardAdapter
-from pluralign.ppo_runner import PPOSettings, run_ppo
-from pluralign.pretrain import make_prompts, sample_continuations
-from pluralign.reward_trainer import score_texts
+from pluralign.core.maxmin import Normalizer
+from pluralign.data.text import make_prompts
+from pluralign.experiments.maxmin_tulu2 import Config
+from pluralign.pipeline.assets import load_gpt2_tokenizer, load_imdb
+from pluralign.pipeline.config import load_stage_config
+from pluralign.pipeline.paths import project_root
+from pluralign.training.generation import GenerationSettings, sample_continuations
+from pluralign.training.llama_proxy import build_llama_proxy
+from pluralign.training.lora import (
+    BackboneSpec,
+    load_base_policy,
+    lora_classifier,
+    lora_policy,
+    trainable_parameters,
+)
+from pluralign.training.models import load_tokenizer
+from pluralign.training.ppo import PPOSettings, run_ppo
+from pluralign.training.pretrain import PretrainConfig
+from pluralign.training.reward_adapter import TextRewardAdapter
+from pluralign.training.reward_models import score_texts
 
 
 def backbone_folder(tmp: Path) -> tuple[Path, str]:
     folder = project_root() / "models" / "llama_proxy"
     if (folder / "config.json").is_file():
         return folder, str(folder)
-    cfg = load_stage_config("maxmin_tulu2", profile="cpu")
-    recipe = load_stage_config("policy_pretrain", profile="cpu")
+    cfg = load_stage_config("maxmin_tulu2", Config, profile="cpu")
+    recipe = load_stage_config("policy_pretrain", PretrainConfig, profile="cpu")
     tok = load_gpt2_tokenizer(recipe.tokenizer, recipe.max_merges)
     model = build_llama_proxy(
         tok,
-        hidden_size=cfg.proxy_hidden_size,
-        n_layers=cfg.proxy_layers,
-        n_heads=cfg.proxy_heads,
-        intermediate_size=cfg.proxy_intermediate_size,
+        hidden_size=cfg.proxy.hidden_size,
+        n_layers=cfg.proxy.layers,
+        n_heads=cfg.proxy.heads,
+        intermediate_size=cfg.proxy.intermediate_size,
         max_positions=recipe.block_size,
     )
     model.save_pretrained(tmp / "proxy")
@@ -80,13 +91,13 @@ def main() -> None:
         tmp_root = Path(tmp_root)
         folder, source = backbone_folder(tmp_root)
         tok = load_tokenizer(folder)
-        backbone = mt.BackboneSpec(str(folder))
+        backbone = BackboneSpec(str(folder))
         pad = tok.pad_token_id
         torch.manual_seed(0)
-        rms = [mt.lora_classifier(backbone, pad, 8).eval() for _ in range(2)]
+        rms = [lora_classifier(backbone, pad, 8).eval() for _ in range(2)]
         prompts = make_prompts(tok, load_imdb()["text"][:2000], 8)[: 4 * args.batch]
         ds = Dataset.from_dict({"input_ids": prompts})
-        base = mt.load_base_policy(backbone, pad)
+        base = load_base_policy(backbone, pad)
         rows = sample_continuations(base, tok, prompts, args.response_length, 0.7, 0)
         ref_texts = [r["prompt"] + r["continuation"] for r in rows]
 
@@ -97,10 +108,10 @@ def main() -> None:
             "single": {"single": rm(rms[0])},
             "maxmin_sample": {"a": rm(rms[0]), "b": rm(rms[1])},
         }
+        generation = GenerationSettings(max_new_tokens=args.response_length, temperature=0.7)
         settings = PPOSettings(
             n_updates=updates,
             batch_size=args.batch,
-            response_length=args.response_length,
             checkpoint_every=updates,
             learning_rate=1e-3,
         )
@@ -113,14 +124,17 @@ def main() -> None:
                     if mode == "full":
                         policy, value = copy.deepcopy(base), None
                     else:
-                        policy = mt.lora_policy(backbone, pad, 16)
-                        value = mt.lora_classifier(backbone, pad, 8)
+                        policy = lora_policy(backbone, pad, 16)
+                        value = lora_classifier(backbone, pad, 8)
                     params[mode] = trainable_parameters(policy)
                     norms = {g: Normalizer.fit(f(ref_texts)) for g, f in fns.items()}
                     adapter = TextRewardAdapter(tok, len(prompts[0]), fns, norms, how)
                     work = tmp_root / f"{mode}-{how}-{rep}"
                     t0 = time.perf_counter()
-                    run_ppo(policy, tok, ds, adapter, settings, work, seed=rep, value_model=value)
+                    run_ppo(
+                        policy, tok, ds, adapter, settings, generation, work, seed=rep,
+                        value_model=value,
+                    )  # fmt: skip
                     times.setdefault((mode, how), []).append((time.perf_counter() - t0) / updates)
                     sizes[mode] = folder_bytes(work / "chunk-0000")
     print(

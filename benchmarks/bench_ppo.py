@@ -27,12 +27,17 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from pluralign.assets import load_gpt2_tokenizer, load_imdb, load_tokenizer
-from pluralign.config import load_stage_config, project_root
-from pluralign.maxmin_rewards import Normalizer, TextRewardAdapter
-from pluralign.ppo_runner import PPOSettings, run_ppo
-from pluralign.pretrain import build_policy, make_prompts, sample_continuations
-from pluralign.reward_trainer import score_texts
+from pluralign.core.maxmin import Normalizer
+from pluralign.data.text import make_prompts
+from pluralign.pipeline.assets import load_gpt2_tokenizer, load_imdb
+from pluralign.pipeline.config import load_stage_config
+from pluralign.pipeline.paths import project_root
+from pluralign.training.generation import GenerationSettings, sample_continuations
+from pluralign.training.models import load_tokenizer
+from pluralign.training.ppo import PPOSettings, run_ppo
+from pluralign.training.pretrain import PretrainConfig, build_policy
+from pluralign.training.reward_adapter import TextRewardAdapter
+from pluralign.training.reward_models import score_texts
 
 
 def load_models():
@@ -44,7 +49,7 @@ def load_models():
         policy = GPT2LMHeadModel.from_pretrained(folder)
         source = str(folder)
     else:
-        cfg = load_stage_config("policy_pretrain")
+        cfg = load_stage_config("policy_pretrain", PretrainConfig)
         tok = load_gpt2_tokenizer(cfg.tokenizer, cfg.max_merges)
         torch.manual_seed(0)
         policy = build_policy(cfg, tok)
@@ -83,10 +88,10 @@ def main() -> None:
         "single": {"single": rm(rms[0])},
         "maxmin_sample": {"a": rm(rms[0]), "b": rm(rms[1])},
     }
+    generation = GenerationSettings(max_new_tokens=args.response_length, temperature=0.7)
     settings = PPOSettings(
         n_updates=updates,
         batch_size=args.batch,
-        response_length=args.response_length,
         checkpoint_every=updates,
     )
     times: dict[str, list[float]] = {k: [] for k in rewards}
@@ -98,7 +103,7 @@ def main() -> None:
             adapter = TextRewardAdapter(tok, len(prompts[0]), fns, norms, how)
             with tempfile.TemporaryDirectory() as tmp:
                 t0 = time.perf_counter()
-                run_ppo(policy, tok, ds, adapter, settings, Path(tmp), seed=rep)
+                run_ppo(policy, tok, ds, adapter, settings, generation, Path(tmp), seed=rep)
                 times[how].append((time.perf_counter() - t0) / updates)
     policy.load_state_dict(state)
     t0 = time.perf_counter()

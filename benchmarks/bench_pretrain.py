@@ -15,7 +15,7 @@ import time
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from pluralign.assets import load_gpt2_tokenizer
+from pluralign.pipeline.assets import load_gpt2_tokenizer
 
 
 def tokens_per_second(vocab: int, bf16: bool, steps: int, batch: int, block: int) -> float:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pluralign.clones import default_chunk_size, voronoi_weights
+from pluralign.core.clones import default_chunk_size, voronoi_weights
 
 
 def matmul_bound(n_samples: int, points: np.ndarray, chunk: int, seed: int) -> float:

@@ -53,12 +53,16 @@ def imported_modules(tree: ast.AST) -> set[str]:
             return
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module.split(".")[0] == PACKAGE:
-                found.add(node.module)
-                for alias in node.names:
-                    if module_file(f"{node.module}.{alias.name}") is not None:
-                        found.add(f"{node.module}.{alias.name}")
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and node.module.split(".")[0] == PACKAGE
+        ):
+            found.add(node.module)
+            for alias in node.names:
+                if module_file(f"{node.module}.{alias.name}") is not None:
+                    found.add(f"{node.module}.{alias.name}")
         for child in ast.iter_child_nodes(node):
             visit(child)
 

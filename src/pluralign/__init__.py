@@ -52,7 +52,31 @@ _EXPORTS: dict[str, str] = {
 }
 _RENAMED = {"frft_select": "select"}
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "FilteredRefit",
+    "Normalizer",
+    "TextRewardAdapter",
+    "__version__",
+    "aggregate",
+    "bootstrap_ci",
+    "fill_zero_weight",
+    "find_clones",
+    "fit_bt",
+    "fit_em",
+    "fit_neural_em",
+    "frft_select",
+    "headline",
+    "label_pairs",
+    "maxmin_policy",
+    "run_em",
+    "select_n_groups",
+    "similarities",
+    "simulate_users",
+    "standard_mle",
+    "voronoi_weights",
+    "weighted_mle",
+    "win_matrix",
+]
 
 if TYPE_CHECKING:  # static view for type checkers and IDEs; not executed
     from pluralign.core.bradley_terry import fit_bt, win_matrix
@@ -73,6 +97,9 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs; not executed
     from pluralign.training.frft import FilteredRefit
     from pluralign.training.neural_mixture import fit_neural_em
     from pluralign.training.reward_adapter import TextRewardAdapter
+
+
+assert set(__all__) == {"__version__", *_EXPORTS}
 
 
 def __getattr__(name: str) -> Any:

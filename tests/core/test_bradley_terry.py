@@ -8,7 +8,15 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import softmax
 
-from pluralign.core.bradley_terry import average_win_rates, fit_bt, gradient, hessian, objective, stationarity_residual, win_matrix
+from pluralign.core.bradley_terry import (
+    average_win_rates,
+    fit_bt,
+    gradient,
+    hessian,
+    objective,
+    stationarity_residual,
+    win_matrix,
+)
 
 
 def random_comparisons(

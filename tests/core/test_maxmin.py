@@ -57,23 +57,29 @@ def test_aggregate_rejects_bad_input():
 
 def test_normalizer():
     n = Normalizer.fit([1.0, 3.0])
-    assert (n.mean, n.std) == pytest.approx((2.0, 1.0), rel=1e-15)  # population std
+    assert (n.mean, n.std) == pytest.approx((2.0, 1.0), rel=1e-12)  # population std
     np.testing.assert_allclose(n(np.array([4.0])), [2.0])
     z = Normalizer.fit([1.0, 2.0, 6.0])
-    np.testing.assert_allclose(z(np.array([1.0, 2.0, 6.0])).mean(), 0.0, atol=1e-15)
-    np.testing.assert_allclose(z(np.array([1.0, 2.0, 6.0])).std(), 1.0, rtol=1e-15)
+    np.testing.assert_allclose(z(np.array([1.0, 2.0, 6.0])).mean(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(z(np.array([1.0, 2.0, 6.0])).std(), 1.0, rtol=1e-12)
 
 
 @pytest.mark.parametrize(
     ("values", "match"),
     [
-        ([1.0, 1.0], r"\['reference rewards'\] are constant"),
         ([1.0, np.nan], r"\['reference rewards'\] hold NaN or inf"),
         ([1.0, np.inf], r"\['reference rewards'\] hold NaN or inf"),
         ([1.0], ">= 2 rows"),
     ],
 )
 def test_normalizer_fit_raises_naming_the_bad_rewards(values, match):
-    """A constant reference reward has no scale: z-scoring it must fail, not divide by 1."""
     with pytest.raises(ValueError, match=match):
         Normalizer.fit(values)
+
+
+def test_normalizer_fit_names_constant_reference_rewards_and_only_centres():
+    """Constant reference rewards have no scale: a warning names them, std is 1."""
+    with pytest.warns(UserWarning, match=r"\['reference rewards'\] are constant"):
+        n = Normalizer.fit([1.5, 1.5, 1.5])
+    assert (n.mean, n.std) == pytest.approx((1.5, 1.0), rel=1e-15)
+    np.testing.assert_allclose(n(np.array([1.5, 2.5])), [0.0, 1.0], atol=1e-15)

@@ -9,8 +9,16 @@ from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score
 
+from pluralign.core import mixture
 from pluralign.core.bradley_terry import fit_bt, win_matrix
-from pluralign.core.mixture import fit_em, log_sigmoid, select_n_groups
+from pluralign.core.mixture import (
+    fit_em,
+    log_sigmoid,
+    run_em,
+    select_n_groups,
+    soft_e_step,
+    user_log_likelihoods,
+)
 
 
 def planted(
@@ -249,3 +257,120 @@ def test_bad_inputs_to_select_and_assign():
     res = fit_em(**k)
     with pytest.raises(ValueError, match="features"):
         res.assign(k["chosen"][:, :2], k["rejected"][:, :2], k["users"])
+
+
+# --------------------------------------------------------------------------- the shared EM loop
+
+
+def _fixed_margins():
+    """4 users x 3 comparisons whose margins never change (the M-step only records): users
+    0, 1 fit group 0 (positive margins there), users 2, 3 fit group 1."""
+    uidx = np.repeat(np.arange(4), 3)
+    rng = np.random.default_rng(0)
+    good, bad = rng.uniform(1.0, 3.0, size=12), rng.uniform(-3.0, -1.0, size=12)
+    fits_0 = uidx < 2
+    margins = np.stack([np.where(fits_0, good, bad), np.where(fits_0, bad, good)], axis=1)
+    c = rng.uniform(0.5, 1.5, size=12)
+    return uidx, margins, c
+
+
+def test_run_em_hard_trains_on_each_groups_rows_and_stops_when_nothing_moves():
+    uidx, margins, c = _fixed_margins()
+    calls = []
+
+    def m_step(it, k, rows, w):
+        calls.append((it, k, rows, w))
+
+    init = np.array([0, 1, 0, 1])
+    trace = run_em(
+        m_step,
+        lambda: margins,
+        uidx,
+        c,
+        init,
+        2,
+        hard=True,
+        n_iter=10,
+        tol=0.0,
+        penalty=lambda: 0.25,
+    )
+    S = user_log_likelihoods(margins, uidx, c, 4)
+    truth = np.array([0, 0, 1, 1])
+    # iteration 0 trains group k on the rows of its initial users, with weights c
+    assert [(it, k) for it, k, _, _ in calls] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for (_, k, rows, w), groups in zip(calls, [init, init, truth, truth], strict=True):
+        np.testing.assert_array_equal(rows, np.flatnonzero(groups[uidx] == k))
+        np.testing.assert_array_equal(w, c[rows])  # a copy of the weights
+    assert trace.converged and len(trace.log_likelihood) == 2  # the 2nd E-step repeats
+    np.testing.assert_array_equal(trace.assignment, truth)
+    assert [a.tolist() for a in trace.assignments] == [truth.tolist()] * 2
+    np.testing.assert_array_equal(trace.responsibilities, np.eye(2)[truth])
+    np.testing.assert_allclose(trace.weights, [0.5, 0.5])
+    # objective after each M-step: sum_h S[h, g(h)] of the groups trained on, minus penalty
+    want = [S[np.arange(4), g].sum() - 0.25 for g in (init, truth)]
+    np.testing.assert_allclose(trace.log_likelihood, want, rtol=1e-12)
+
+
+def test_run_em_soft_weights_are_the_pi_of_the_last_e_step():
+    uidx, margins, c = _fixed_margins()
+    margins = margins / 4  # overlapping groups: pi moves for several iterations
+    calls = []
+
+    def m_step(it, k, rows, w):
+        calls.append((it, k, rows, w))
+
+    init = np.array([0, 1, 0, 1])
+    trace = run_em(m_step, lambda: margins, uidx, c, init, 2, hard=False, n_iter=100, tol=1e-12)
+    S = user_log_likelihoods(margins, uidx, c, 4)
+    # The same recursion by hand: pi_t = mean of the previous responsibilities.
+    pi, gamma = np.eye(2)[init].mean(axis=0), np.eye(2)[init]
+    pis, gammas, lls = [], [gamma], []
+    for _ in range(len(trace.log_likelihood)):
+        pis.append(pi)
+        gamma, ll_h = soft_e_step(S, pi)
+        gammas.append(gamma)
+        lls.append(ll_h.sum())
+        pi = gamma.mean(axis=0)
+    assert trace.converged and len(lls) > 3
+    np.testing.assert_allclose(trace.log_likelihood, lls, rtol=1e-12)
+    np.testing.assert_allclose(trace.weights, pis[-1], rtol=1e-12)  # not gamma.mean(axis=0)
+    np.testing.assert_allclose(trace.responsibilities, gammas[-1], rtol=1e-12)
+    np.testing.assert_array_equal(trace.assignment, np.argmax(gammas[-1], axis=1))
+    # every soft M-step sees all rows, weighted by the current responsibilities
+    for it, k, rows, w in calls:
+        assert rows is None
+        np.testing.assert_allclose(w, c * gammas[it][uidx, k], rtol=1e-12)
+
+
+def test_fit_em_and_fit_neural_em_share_run_em():
+    """Both mixtures are one EM loop: fit_em's result is the trace of ``run_em`` (for the
+    kept restart); the neural side is checked in tests/training/test_neural_mixture.py."""
+    ch, rj, u, _, _ = planted(2, n_users=20, per_user=10, seed=14)
+    for hard in (True, False):
+        traces: list = []
+
+        def spy(*args, traces=traces, **kwargs):
+            traces.append(run_em(*args, **kwargs))
+            return traces[-1]
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(mixture, "run_em", spy)
+            res = fit_em(ch, rj, u, 2, hard=hard, n_restarts=3, seed=1)
+        assert len(traces) == 3
+        finals = [t.log_likelihood[-1] for t in traces]
+        kept = traces[int(np.argmax(finals))]  # the first best, as fit_em keeps it
+        assert res.log_likelihood is kept.log_likelihood
+        assert res.assignments is kept.assignments and res.converged == kept.converged
+        assert res.weights is kept.weights and res.assignment is kept.assignment
+        assert res.responsibilities is kept.responsibilities
+        assert res.n_iter == len(kept.log_likelihood)
+
+
+def test_fit_em_records_its_initial_assignment():
+    ch, rj, u, _, _ = planted(3, n_users=12, per_user=10, seed=15)
+    res = fit_em(ch, rj, u, 3)
+    np.testing.assert_array_equal(res.initial, np.arange(12) % 3)  # round robin, as the paper
+    # restarts > 0 start from random balanced permutations of the round robin
+    restarts = [fit_em(ch, rj, u, 3, n_restarts=4, seed=s) for s in range(3)]
+    for r in restarts:
+        assert sorted(r.initial.tolist()) == sorted((np.arange(12) % 3).tolist())

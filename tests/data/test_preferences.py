@@ -53,7 +53,7 @@ def test_load_preference_records_reads_a_local_file_without_the_network(
     first = load_preference_records(path, n=3)
     assert len(first) == 3 and first.prompts == ["A", "B"]
     assert np.array_equal(first.prompt_index, [0, 1, 0])
-    assert [h for h in host_lookups if h not in ("localhost", "127.0.0.1", "::1")] == []
+    assert [h for h in host_lookups if h not in ("localhost", "127.0.0.1", "::1", "None")] == []
 
 
 def test_load_preference_records_names_bad_rows_and_missing_columns(tmp_path: Path) -> None:

@@ -1,4 +1,7 @@
-"""P-SOUPS-like dimensions: scores, prompts, mixed users, simulated labels, file loading."""
+"""P-SOUPS-like dimensions (pluralign.data.psoups): scores, mixed users, simulated labels,
+and P-SOUPS files through the one validated loader (pluralign.data.preferences).
+
+The instruction prompts (pluralign.data.text) are tested in tests/data/test_text.py."""
 
 from __future__ import annotations
 
@@ -10,10 +13,19 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from pluralign import psoups
-from pluralign.pipeline.assets import AssetError, clean_review, load_imdb
-from pluralign.data.psoups import DIMENSIONS, dimension_scores, label_by_dimensions, mixture_users
-from pluralign.data.text import TEMPLATES, instruction_prompts
+from pluralign.data.preferences import load_preference_file
+from pluralign.data.psoups import (
+    DIMENSIONS,
+    check_dimensions,
+    dimension_scores,
+    group_truth,
+    label_by_dimensions,
+    load_psoups,
+    mixture_users,
+    opposed,
+    psoups_users,
+)
+from pluralign.pipeline.assets import AssetError
 
 CAT = "The cat sat on the mat."  # 6 one-syllable words: grade 0.39*6 + 11.8 - 15.59 = -1.45
 PHD = "Quantum chromodynamics characterizes interactions between quarks and gluons."
@@ -34,13 +46,16 @@ def test_dimension_scores_hand_values_and_orderings():
     assert s.loc[0, "P1A"] == pytest.approx(1.45)  # easy: minus a negative grade
     assert s.loc[0, "P1A"] > s.loc[1, "P1A"] and s.loc[1, "P1B"] > s.loc[0, "P1B"]
     assert s.loc[1, "P1B"] > 10  # a PhD-like sentence has a university grade
-    assert s.loc[2, "P1B"] == 25.0 and s.loc[8, "P1A"] == 5.0  # FK_CLIP at both ends
-    assert s.loc[3, "P2A"] == pytest.approx(-np.log(4)) and s.loc[4, "P2B"] == np.log(31)
+    assert s.loc[2, "P1B"] == 25.0 and s.loc[8, "P1A"] == 5.0  # FK_CLIP at both ends (exact)
+    assert s.loc[3, "P2A"] == pytest.approx(-np.log(4), rel=1e-15)
+    assert s.loc[4, "P2B"] == pytest.approx(np.log(31), rel=1e-15)
     assert s.loc[3, "P2A"] > s.loc[4, "P2A"] and s.loc[4, "P2B"] > s.loc[3, "P2B"]
-    assert s.loc[8, "P2A"] == 0.0  # the empty answer is finite and the most concise
-    assert s.loc[5, "P3A"] > 0.5 > -0.5 > s.loc[6, "P3A"] and s.loc[7, "P3A"] == 0.0
+    # the empty answer is finite and the most concise: -log(0 + 1)
+    assert s.loc[8, "P2A"] == pytest.approx(0.0, abs=1e-15)
+    assert s.loc[5, "P3A"] > 0.5 > -0.5 > s.loc[6, "P3A"]
+    assert s.loc[7, "P3A"] == pytest.approx(0.0, abs=1e-15)  # VADER: neutral wording
     assert s.loc[6, "P3B"] > s.loc[7, "P3B"] > s.loc[5, "P3B"]
-    for axis in ("P1", "P2", "P3"):  # opposite directions are exact negatives
+    for axis in ("P1", "P2", "P3"):  # exact negatives: one raw score times -1 and +1
         np.testing.assert_array_equal(s[f"{axis}A"].to_numpy(), -s[f"{axis}B"].to_numpy())
 
 
@@ -50,41 +65,6 @@ def test_dimensions_describe_their_sign_and_scorer():
         assert d.scorer in {"fk_grade", "log_words", "vader"}
     signs = {n: d.sign for n, d in DIMENSIONS.items()}
     assert signs == {"P1A": -1, "P1B": 1, "P2A": -1, "P2B": 1, "P3A": 1, "P3B": -1}
-
-
-# --------------------------------------------------------------------------- prompts
-
-
-@pytest.fixture(scope="module")
-def imdb_texts() -> list[str]:
-    return load_imdb()["text"][:400]
-
-
-def test_instruction_prompts_are_deterministic_distinct_and_from_reviews(imdb_texts):
-    a = instruction_prompts(imdb_texts, 40, seed=3)
-    assert a == instruction_prompts(imdb_texts, 40, seed=3)
-    assert a != instruction_prompts(imdb_texts, 40, seed=4)
-    assert len(set(a)) == 40
-    starts = [clean_review(t) for t in imdb_texts]
-    used = set()
-    for p in a:
-        k = next(i for i, t in enumerate(TEMPLATES) if p.startswith(t.split("{")[0]))
-        used.add(k)
-        opening = p[len(TEMPLATES[k].split("{")[0]) :]
-        assert 8 <= len(opening.split()) <= 40 and opening[-1] in ".!?"
-        assert any(s.startswith(opening) for s in starts)  # a real review opening
-    assert len(used) >= 4  # templates are drawn, not one fixed phrasing
-
-
-def test_instruction_prompts_custom_templates_and_bad_templates():
-    texts = [f"Film number {i} was a delight to watch with friends." for i in range(10)]
-    out = instruction_prompts(texts, 5, seed=0, templates=["Q: {text}"], min_words=3)
-    assert all(p.startswith("Q: Film number ") for p in out) and len(set(out)) == 5
-    for bad in (["no field"], ["{text} and {text}"], ["{text} {other}"]):
-        with pytest.raises(ValueError, match="exactly once"):
-            instruction_prompts(texts, 2, 0, templates=bad, min_words=3)
-    with pytest.raises(ValueError, match="wanted 11"):
-        instruction_prompts(texts, 11, 0, min_words=3)
 
 
 # --------------------------------------------------------------------------- users
@@ -176,20 +156,23 @@ ROWS = [
 MAP = {"prompt": "instruction", "chosen": "better", "rejected": "worse"}
 
 
+def _standard(rows: list[dict]) -> list[dict]:
+    return [
+        {"prompt": r["instruction"], "chosen": r["better"], "rejected": r["worse"]} for r in rows
+    ]
+
+
 def test_load_local_json_with_column_mapping(tmp_path, host_lookups):
     path = _write(tmp_path / "p2a.jsonl", ROWS)
-    data = psoups.load_psoups_file(path, columns=MAP, cache_dir=tmp_path / "cache")
+    data = load_preference_file(path, columns=MAP, cache_dir=tmp_path / "cache")
     assert data.column_names == ["prompt", "chosen", "rejected"]
     assert data["prompt"] == ["Review a film.", "Describe a film."]
     assert data["chosen"] == ["Good.", "Fine."] and data["rejected"][1] == "A long answer here."
     # The same file in a folder, with the default standard names.
     folder = tmp_path / "folder"
     folder.mkdir()
-    std = [
-        {"prompt": r["instruction"], "chosen": r["better"], "rejected": r["worse"]} for r in ROWS
-    ]
-    _write(folder / "train.jsonl", std)
-    again = psoups.load_psoups_file(folder, cache_dir=tmp_path / "cache")
+    _write(folder / "train.jsonl", _standard(ROWS))
+    again = load_preference_file(folder, cache_dir=tmp_path / "cache")
     assert again.to_dict() == data.to_dict()
     assert host_lookups == []
 
@@ -204,19 +187,90 @@ def test_load_local_json_with_column_mapping(tmp_path, host_lookups):
 )
 def test_load_names_file_row_and_field(tmp_path, row, message):
     path = _write(tmp_path / "bad.jsonl", [ROWS[0], ROWS[1] | row])
-    with pytest.raises(ValueError, match=re.escape(f"{path}:train: ") + message):
-        psoups.load_psoups_file(path, columns=MAP, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: ") + message):
+        load_preference_file(path, columns=MAP, cache_dir=tmp_path / "cache")
 
 
-def test_load_missing_column_and_bad_arguments(tmp_path):
+def test_load_missing_column_and_bad_arguments(tmp_path, host_lookups):
     path = _write(tmp_path / "p.jsonl", ROWS)
     with pytest.raises(ValueError, match=r"missing columns \['chosen', 'prompt', 'rejected'\]"):
-        psoups.load_psoups_file(path, cache_dir=tmp_path / "cache")  # default names absent
+        load_preference_file(path, cache_dir=tmp_path / "cache")  # default names absent
     with pytest.raises(ValueError, match="must map exactly"):
-        psoups.load_psoups_file(path, columns={"prompt": "instruction"})
-    with pytest.raises(ValueError, match="local file has no revision"):
-        psoups.load_psoups_file(path, revision="abc123", columns=MAP)
-    with pytest.raises(ValueError, match="pin a revision"):  # checked before any download
-        psoups.load_psoups_file("someone/p-soups", columns=MAP)
+        load_preference_file(path, columns={"prompt": "instruction"})
+    # A local file has no revision: "file@rev" names no file, so nothing is loaded.
+    pinned_local = f"{path}@abc123"
+    with pytest.raises(AssetError, match=re.escape(f"{pinned_local}:train: cannot load")):
+        load_preference_file(pinned_local, columns=MAP, cache_dir=tmp_path / "cache")
+    # A hub name must be pinned; refused before any download.
+    with pytest.raises(AssetError, match=re.escape("pin a revision (someone/p-soups@<commit")):
+        load_preference_file("someone/p-soups", columns=MAP)
     with pytest.raises(AssetError, match=re.escape(f"{tmp_path / 'absent.json'}:train: cannot")):
-        psoups.load_psoups_file(tmp_path / "absent.json", columns=MAP)
+        load_preference_file(tmp_path / "absent.json", columns=MAP)
+    assert host_lookups == []
+
+
+def test_load_psoups_reads_each_dimensions_file(tmp_path, monkeypatch, host_lookups):
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    _write(tmp_path / "p1a.jsonl", _standard(ROWS))
+    _write(tmp_path / "p1b.jsonl", _standard(ROWS[::-1]))
+    files = {"P1A": "p1a.jsonl", "P1B": "p1b.jsonl", "P2A": "absent.jsonl"}
+    out = load_psoups(tmp_path, files, ["P1A", "P1B"])
+    assert list(out) == ["P1A", "P1B"]
+    assert out["P1A"]["prompt"] == ["Review a film.", "Describe a film."]
+    assert out["P1B"]["chosen"] == ["Fine.", "Good."]
+    with pytest.raises(ValueError, match="no file for dimension P3A"):
+        load_psoups(tmp_path, files, ["P1A", "P3A"])
+    with pytest.raises(AssetError, match=re.escape(str(tmp_path / "absent.jsonl"))):
+        load_psoups(tmp_path, files, ["P2A"])
+    assert host_lookups == []
+
+
+# --------------------------------------------------------------------------- notebook 05's groups
+
+
+def test_psoups_users_cut_each_dimensions_comparisons_into_users():
+    from datasets import Dataset
+
+    def rows(tag: str, n: int) -> Dataset:
+        return Dataset.from_dict(
+            {
+                "prompt": [f" {tag}{i} " for i in range(n)],
+                "chosen": [f"c{tag}{i}" for i in range(n)],
+                "rejected": [f"r{tag}{i}" for i in range(n)],
+            }
+        )
+
+    files = {"P1A": rows("a", 7), "P1B": rows("b", 4)}
+    chosen, rejected, user_of, user_group, groups = psoups_users(
+        files, {"P1A": 3, "P1B": 2}, per_user=2, seed=0, template="<{prompt}>"
+    )
+    assert groups == ("P1A", "P1B")
+    np.testing.assert_array_equal(user_group, [0, 0, 0, 1, 1])
+    np.testing.assert_array_equal(user_of, np.repeat(np.arange(5), 2))
+    for c, r, u in zip(chosen, rejected, user_of, strict=True):
+        tag = "a" if user_group[u] == 0 else "b"
+        i = c.split(tag)[-1]
+        assert c == f"<{tag}{i}>c{tag}{i}" and r == f"<{tag}{i}>r{tag}{i}"  # one row each
+    assert len(set(chosen)) == len(chosen)  # distinct comparisons across users
+    again = psoups_users(files, {"P1A": 3, "P1B": 2}, per_user=2, seed=0, template="<{prompt}>")
+    assert again[0] == chosen
+    with pytest.raises(ValueError, match=r"P1B: 3 users x 2 need 6 rows, file has 4"):
+        psoups_users(files, {"P1A": 1, "P1B": 3}, 2, seed=0)
+
+
+def test_group_truth_check_dimensions_and_opposed():
+    texts = [CAT, PHD, THREE]
+    gt = group_truth(texts, "P1A", "P2B")
+    scores = dimension_scores(texts)
+    assert list(gt.columns) == ["majority", "minority"]
+    np.testing.assert_array_equal(gt["majority"], scores["P1A"])  # a copy of the column
+    np.testing.assert_array_equal(gt["minority"], scores["P2B"])
+    assert opposed("P1A", "P1B") and opposed("P3B", "P3A")
+    assert not opposed("P1A", "P2B") and not opposed("P2A", "P2A")
+    check_dimensions("P2A", "P2B")
+    with pytest.raises(ValueError, match="unknown P-SOUPS dimension 'P9A'"):
+        check_dimensions("P9A", "P2B")
+    with pytest.raises(ValueError, match="must be different"):
+        check_dimensions("P2A", "P2A")

@@ -1,20 +1,28 @@
-"""Planted user groups over text: snippets, rule-based rewards, simulated BT comparisons."""
+"""Text sources (pluralign.data.text): review snippets and prompts; the rule-based scorers
+(pluralign.data.scorers) and notebook 03's group rewards built on them.
+
+The simulated BT comparisons over these texts are tested in tests/core/test_simulate.py, the
+z-scores in tests/core/test_stats.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.special import expit
 
-from pluralign import text_groups as tg
-from pluralign.pipeline.assets import clean_review
-from pluralign.core.simulate import _decode_pairs, simulate_users
-from pluralign.core.stats import standardize
 from pluralign.data.scorers import FK_CLIP, flesch_kincaid_grade, n_words
-from pluralign.data.text import MAX_SENTENCES, extract_snippets
-from pluralign.experiments.em_mixtures import group_correlations, group_rewards
-from pluralign.experiments.weighted_mle import _SENTENCE_SPLIT
+from pluralign.data.text import (
+    MAX_SENTENCES,
+    SENTENCE_SPLIT,
+    TEMPLATES,
+    extract_snippets,
+    instruction_prompts,
+    make_prompts,
+    review_prompts,
+    split_prompts,
+)
+from pluralign.experiments.em_mixtures import GROUPS, group_correlations, group_rewards
+from pluralign.pipeline.assets import clean_review, load_gpt2_tokenizer, load_imdb
 
 GLOWING = "A wonderful, beautiful and brilliant film that I loved with all my heart!"
 HATEFUL = "A horrible, ugly and stupid film that I hated with all my heart!"
@@ -43,12 +51,14 @@ REVIEWS = [
 
 def test_group_rewards_order_hand_written_examples():
     r = group_rewards([GLOWING, HATEFUL, SHORT, LONG, PLAIN, ACADEMIC])
-    assert tuple(r.columns) == tg.GROUPS and len(r) == 6
+    assert tuple(r.columns) == GROUPS and len(r) == 6
     assert r.loc[0, "positive"] > 0.5 > -0.5 > r.loc[1, "positive"]
     assert r.loc[2, "concise"] > r.loc[3, "concise"]
     assert r.loc[4, "plain"] > r.loc[5, "plain"]
     # Glowing and hateful differ in a few words only: nearly the same length and grade.
-    assert r.loc[0, "concise"] == r.loc[1, "concise"] == -np.log(13)
+    assert n_words(GLOWING) == n_words(HATEFUL) == 13
+    assert r.loc[0, "concise"] == pytest.approx(-np.log(13), rel=1e-15)
+    assert r.loc[1, "concise"] == pytest.approx(r.loc[0, "concise"], rel=1e-15)
 
 
 def test_flesch_kincaid_known_answer():
@@ -68,24 +78,6 @@ def test_plain_is_clipped():
 def test_group_rewards_rejects_empty_text():
     with pytest.raises(ValueError, match="text 1 has no words"):
         group_rewards([SHORT, "   "])
-
-
-def test_standardize_gives_zero_mean_unit_std_and_keeps_labels():
-    raw = pd.DataFrame({"a": [1.0, 2.0, 4.0, 9.0], "b": [-3.0, 0.0, 0.5, 0.5]}, index=list("wxyz"))
-    z = standardize(raw)
-    np.testing.assert_allclose(z.mean(), 0.0, atol=1e-12)
-    np.testing.assert_allclose(z.std(ddof=0), 1.0)
-    assert list(z.index) == list("wxyz") and list(z.columns) == ["a", "b"]
-    np.testing.assert_allclose(z["a"], (raw["a"] - 4.0) / np.sqrt(9.5))
-
-
-@pytest.mark.parametrize(
-    ("column", "match"), [([2.0, 2.0, 2.0], "constant"), ([1.0, np.nan, 2.0], "NaN or inf")]
-)
-def test_standardize_rejects_constant_or_non_finite(column, match):
-    raw = pd.DataFrame({"ok": [0.0, 1.0, 2.0], "bad": column})
-    with pytest.raises(ValueError, match=rf"\['bad'\] .*{match}"):
-        standardize(raw)
 
 
 def test_group_correlations_is_rank_based():
@@ -108,7 +100,7 @@ def test_extract_snippets_bounds_distinct_deterministic():
         # a prefix of 1-3 sentences of one cleaned review
         source = [clean_review(r) for r in REVIEWS if clean_review(r).startswith(s)]
         assert len(source) == 1
-        assert 1 <= len(_SENTENCE_SPLIT.split(s)) <= MAX_SENTENCES
+        assert 1 <= len(SENTENCE_SPLIT.split(s)) <= MAX_SENTENCES
     others = [extract_snippets(REVIEWS, 5, 2, 40, seed=s) for s in range(4, 10)]
     assert any(o != a for o in others)
 
@@ -134,117 +126,101 @@ def test_extract_snippets_raises_with_counts_when_impossible():
 
 
 def test_real_imdb_snippets_vary_in_length_and_groups_differ():
-    from pluralign.pipeline.assets import load_imdb
-
     texts = load_imdb()["text"][:3000]
     snippets = extract_snippets(texts, 200, min_words=4, max_words=60, seed=0)
     words = np.array([n_words(s) for s in snippets])
     q10, q90 = np.percentile(words, [10, 90])
     assert q90 / q10 >= 3  # 'concise' has a real range to rank
     rho = group_correlations(group_rewards(snippets)).to_numpy()
-    off_diagonal = rho[~np.eye(len(tg.GROUPS), dtype=bool)]
+    off_diagonal = rho[~np.eye(len(GROUPS), dtype=bool)]
     assert np.abs(off_diagonal).max() < 0.7  # groups are separable in principle
 
 
-# --------------------------------------------------------------------------- users
+# --------------------------------------------------------------------------- prompts
 
 
-def test_decode_pairs_enumerates_every_pair_once():
-    m = 40
-    a, b = _decode_pairs(np.arange(m * (m - 1) // 2))
-    rows, cols = np.triu_indices(m, k=1)
-    assert set(zip(a.tolist(), b.tolist(), strict=True)) == set(
-        zip(rows.tolist(), cols.tolist(), strict=True)
-    )
-    assert (a < b).all() and len(a) == len(rows)
+@pytest.fixture(scope="module")
+def imdb_texts() -> list[str]:
+    return load_imdb()["text"][:400]
 
 
-def _rewards(m: int = 30, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((m, 3))
+@pytest.fixture(scope="module")
+def tok():
+    return load_gpt2_tokenizer(max_merges=300)
 
 
-def test_simulate_users_shapes_numbering_and_seed():
-    sim = simulate_users(_rewards(), [2, 0, 3], comparisons_per_user=7, beta=2.0, seed=1)
-    n = 5 * 7
-    for field in (sim.user, sim.chosen, sim.rejected, sim.p_chosen):
-        assert field.shape == (n,)
-    np.testing.assert_array_equal(sim.user_group, [0, 0, 2, 2, 2])
-    np.testing.assert_array_equal(sim.user, np.repeat(np.arange(5), 7))
-    assert (sim.chosen != sim.rejected).all()
-    assert ((sim.p_chosen > 0) & (sim.p_chosen < 1)).all()
-    for u in range(5):  # distinct unordered pairs within a user
-        rows = sim.user == u
-        pairs = set(zip(np.minimum(sim.chosen, sim.rejected)[rows],
-                        np.maximum(sim.chosen, sim.rejected)[rows], strict=True))  # fmt: skip
-        assert len(pairs) == 7
-    again = simulate_users(_rewards(), [2, 0, 3], 7, 2.0, seed=1)
-    pd.testing.assert_frame_equal(sim.to_frame(), again.to_frame())
-    other = simulate_users(_rewards(), [2, 0, 3], 7, 2.0, seed=2)
-    assert not np.array_equal(sim.chosen, other.chosen)
-    np.testing.assert_array_equal(sim.to_frame()["group"], sim.user_group[sim.user])
+def test_instruction_prompts_are_deterministic_distinct_and_from_reviews(imdb_texts):
+    a = instruction_prompts(imdb_texts, 40, seed=3)
+    assert a == instruction_prompts(imdb_texts, 40, seed=3)
+    assert a != instruction_prompts(imdb_texts, 40, seed=4)
+    assert len(set(a)) == 40
+    starts = [clean_review(t) for t in imdb_texts]
+    used = set()
+    for p in a:
+        k = next(i for i, t in enumerate(TEMPLATES) if p.startswith(t.split("{")[0]))
+        used.add(k)
+        opening = p[len(TEMPLATES[k].split("{")[0]) :]
+        assert 8 <= len(opening.split()) <= 40 and opening[-1] in ".!?"
+        assert any(s.startswith(opening) for s in starts)  # a real review opening
+    assert len(used) >= 4  # templates are drawn, not one fixed phrasing
 
 
-def test_simulate_users_can_ask_every_pair_once():
-    sim = simulate_users(_rewards(m=5), [1, 1, 0], comparisons_per_user=10, beta=1.0, seed=0)
-    for u in range(2):
-        rows = sim.user == u
-        lo = np.minimum(sim.chosen, sim.rejected)[rows]
-        hi = np.maximum(sim.chosen, sim.rejected)[rows]
-        assert sorted(zip(lo.tolist(), hi.tolist(), strict=True)) == [
-            (a, b) for a in range(5) for b in range(5) if a < b
-        ]
+def test_instruction_prompts_openings_do_not_depend_on_the_templates(imdb_texts):
+    """Templates come from a second generator: changing them keeps the openings."""
+    plain = instruction_prompts(imdb_texts, 10, seed=5, templates=["{text}"])
+    assert plain == extract_snippets(imdb_texts, 10, 8, 40, seed=5)
+    quoted = instruction_prompts(imdb_texts, 10, seed=5, templates=["Q: {text}", "R: {text}"])
+    assert [q[3:] for q in quoted] == plain
 
 
-def test_p_chosen_matches_bradley_terry_recomputed_in_a_loop():
-    r, beta = _rewards(), 1.7
-    sim = simulate_users(r, [3, 2, 4], comparisons_per_user=11, beta=beta, seed=5)
-    for i in range(sim.user.size):
-        k = sim.user_group[sim.user[i]]
-        margin = beta * (r[sim.chosen[i], k] - r[sim.rejected[i], k])
-        assert sim.p_chosen[i] == pytest.approx(1 / (1 + np.exp(-margin)), rel=1e-12)
+def test_instruction_prompts_custom_templates_and_bad_templates():
+    texts = [f"Film number {i} was a delight to watch with friends." for i in range(10)]
+    out = instruction_prompts(texts, 5, seed=0, templates=["Q: {text}"], min_words=3)
+    assert all(p.startswith("Q: Film number ") for p in out) and len(set(out)) == 5
+    for bad in (["no field"], ["{text} and {text}"], ["{text} {other}"]):
+        with pytest.raises(ValueError, match="exactly once"):
+            instruction_prompts(texts, 2, 0, templates=bad, min_words=3)
+    with pytest.raises(ValueError, match="at least one template"):
+        instruction_prompts(texts, 2, 0, templates=[], min_words=3)
+    with pytest.raises(ValueError, match="wanted 11"):
+        instruction_prompts(texts, 11, 0, min_words=3)
 
 
-def test_win_frequency_of_better_text_matches_planted_probability():
-    r, beta = _rewards(m=60), 1.0
-    sim = simulate_users(r, [40, 40, 40], comparisons_per_user=200, beta=beta, seed=0)
-    k = sim.group
-    diff = r[sim.chosen, k] - r[sim.rejected, k]
-    for g in range(3):  # per group: users follow their own group's reward
-        rows = k == g
-        better_won = (diff[rows] > 0).mean()
-        expected = expit(beta * np.abs(diff[rows])).mean()
-        # 8000 draws: standard error <= 0.0056; 0.02 is > 3.5 standard errors
-        assert better_won == pytest.approx(expected, abs=0.02)
-        assert expected > 0.65  # the check has power: a coin flip would give 0.5
-        # ... and not another group's reward (independent columns: about 0.5)
-        other = (g + 1) % 3
-        other_won = (r[sim.chosen[rows], other] > r[sim.rejected[rows], other]).mean()
-        assert abs(other_won - 0.5) < 0.05
+def test_make_prompts_are_eos_plus_the_first_tokens(tok):
+    texts = ["The film was great fun", "Hi", "A long and winding review of a film"]
+    prompts = make_prompts(tok, texts, 3)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert prompts == [[tok.eos_token_id, *ids[0][:3]], [tok.eos_token_id, *ids[2][:3]]]
+    assert len(ids[1]) < 3  # too short for a prompt: dropped
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"rewards": np.zeros(5)}, "2-D"),
-        ({"rewards": np.zeros((1, 3))}, "at least 2 texts"),
-        ({"rewards": np.array([[0.0, 1.0, np.inf]] * 4)}, "NaN or inf"),
-        ({"users_per_group": [1, 1]}, "K=3"),
-        ({"users_per_group": [1, -1, 1]}, "non-negative"),
-        ({"users_per_group": [0, 0, 0]}, "not all 0"),
-        ({"users_per_group": [1.0, 1.0, 1.0]}, "ints"),
-        ({"comparisons_per_user": 0}, r"1\.\.6"),
-        ({"comparisons_per_user": 7}, r"1\.\.6"),
-        ({"beta": 0.0}, "beta"),
-        ({"beta": float("nan")}, "beta"),
-    ],
-)
-def test_simulate_users_validates_inputs(kwargs, match):
-    args = {
-        "rewards": _rewards(m=4),
-        "users_per_group": [1, 1, 1],
-        "comparisons_per_user": 6,
-        "beta": 1.0,
-        "seed": 0,
-    }
-    with pytest.raises(ValueError, match=match):
-        simulate_users(**{**args, **kwargs})
+def test_review_prompts_pair_each_prompt_with_its_own_continuation(tok):
+    texts = ["The film was great fun and I loved it", "Hi there", "Bad. Very bad. So bad."]
+    prompts, rest = review_prompts(tok, texts, prompt_tokens=2, max_new_tokens=3)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    kept = [d for d in ids if len(d) >= 2 + 4]
+    assert len(kept) == len(prompts) == len(rest) >= 1 and len(kept) < len(texts)
+    for p, r, d in zip(prompts, rest, kept, strict=True):
+        assert p == [tok.eos_token_id, *d[:2]]
+        assert r == d[2:5]  # the review's next tokens, not the prompt again
+    assert prompts[:1] == make_prompts(tok, texts[:1], 2)  # the PPO query format
+
+
+def test_split_prompts_are_disjoint_in_order_and_seeded():
+    texts = [f"text {i}" for i in range(50)]
+
+    def upper(batch: list[str]) -> list[str]:  # drops every text ending in 7
+        return [t.upper() for t in batch if not t.endswith("7")]
+
+    sizes = {"pref": 5, "ppo": 8, "eval": 3}
+    out = split_prompts(upper, texts, sizes, seed=2)
+    assert list(out) == ["pref", "ppo", "eval"]
+    assert {k: len(v) for k, v in out.items()} == sizes
+    flat = [p for part in out.values() for p in part]
+    assert len(set(flat)) == len(flat)  # disjoint
+    order = np.random.default_rng(2).permutation(50)[:32]
+    assert flat == upper([texts[i] for i in order])[:16]  # consecutive cuts of one stream
+    assert split_prompts(upper, texts, sizes, seed=2) == out
+    assert split_prompts(upper, texts, sizes, seed=3) != out
+    with pytest.raises(ValueError, match=r"only 3 of 32 texts give a prompt; .* need 16"):
+        split_prompts(lambda b: b[:3], texts, sizes, seed=0)

@@ -6,9 +6,24 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import expit
+
 from pluralign.core.bradley_terry import fit_bt, stationarity_residual
 from pluralign.core.clones import fill_zero_weight
-from pluralign.experiments.clone_theory import EXAMPLE_POINTS, add_clones, characterization_check, clone_example, clone_sweep, continuum_experiment, continuum_mle, continuum_population, expected_win_matrix, grid_lookup, grid_points, sample_nonuniform, uniform_grid_check
+from pluralign.experiments.clone_theory import (
+    EXAMPLE_POINTS,
+    add_clones,
+    characterization_check,
+    clone_example,
+    clone_sweep,
+    continuum_experiment,
+    continuum_mle,
+    continuum_population,
+    expected_win_matrix,
+    grid_lookup,
+    grid_points,
+    sample_nonuniform,
+    uniform_grid_check,
+)
 
 LAM = 0.1
 N_SAMPLES = 200_000

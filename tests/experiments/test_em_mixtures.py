@@ -1,4 +1,5 @@
-"""em_experiments: planted ground truth, closed forms and brute force (neural_text_em not here).
+"""em_mixtures (notebook 03): planted ground truth, closed forms and brute force (the neural
+EM itself is not trained here: its wiring is checked with a stand-in).
 
 Every check compares with something computed independently of the function under test: a
 hand-worked apportionment, the planted groups (ARI), the pooled reward's closed form at
@@ -8,15 +9,32 @@ and an SVD for PCA.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.special import logsumexp
+
+import pluralign.experiments.em_mixtures as em_mixtures
 from pluralign.core.mixture import match_groups
-from pluralign.core.stats import standardize
-from pluralign.text_groups import GROUPS
 from pluralign.core.simulate import simulate_users, users_per_group
-from pluralign.experiments.em_mixtures import choose_k_table, impossibility_table, maxmin_vs_single, planted_linear_problem, recovery_sweep, reward_linearity, text_features, text_recovery, theory_problem
+from pluralign.core.stats import standardize
+from pluralign.experiments.em_mixtures import (
+    GROUPS,
+    Config,
+    choose_k_table,
+    impossibility_table,
+    maxmin_vs_single,
+    planted_linear_problem,
+    recovery_sweep,
+    reward_linearity,
+    text_features,
+    text_recovery,
+    theory_problem,
+)
+from pluralign.pipeline.config import load_stage_config
+from pluralign.training.reward_models import RewardModelSettings
 
 RECOVERY_COLUMNS = ["sweep", "x", "seed", "method", "ari", "heldout_ari", "n_iter"]
 
@@ -226,7 +244,7 @@ def test_recovery_sweep_simulates_the_requested_settings(monkeypatch) -> None:
         calls.append((list(counts), cpu, beta, np.shape(R)))
         return real(R, counts, cpu, beta, seed)
 
-    monkeypatch.setattr(ee, "simulate_users", spy)
+    monkeypatch.setattr(em_mixtures, "simulate_users", spy)
     df = recovery_sweep(
         dim=3,
         n_users=20,
@@ -433,3 +451,84 @@ def test_match_groups_planted_permutation() -> None:
     found = np.array([2, 2, 1, 0, 0, 0, 1, 1, 1])  # fitted 2 <- planted 0, 0 <- 1, 1 <- 2
     assert match_groups(truth, found, 3) == [1, 2, 0]
     assert match_groups(truth, np.array([0] * 5 + [1] * 4), 3) == [0, 2, -1]
+
+
+# --------------------------------------------------------------------------- config and neural EM
+
+
+def test_config_merges_the_nested_neural_reward_model_settings(tiny_params: Path) -> None:
+    """``neural_reward_model`` is one RewardModelSettings merged key by key from the shared
+    section, the cpu profile and the tiny overrides; the old flat keys are refused."""
+    cfg = load_stage_config("em_mixtures", Config, tiny_params)
+    assert cfg.neural_reward_model == RewardModelSettings(
+        num_train_epochs=1.0,  # cpu profile
+        learning_rate=5e-5,  # shared
+        per_device_train_batch_size=8,  # tiny override of the cpu profile's 32
+        max_length=32,  # tiny override of the shared 96
+    )
+    text = tiny_params.read_text(encoding="utf-8")
+    old = tiny_params.with_name("old.yaml")
+    old.write_text(text.replace("em_mixtures:\n", "em_mixtures:\n  neural_epochs: 1.0\n", 1))
+    with pytest.raises(ValueError, match=r"em_mixtures\.neural_epochs: unknown key"):
+        load_stage_config("em_mixtures", Config, old)
+
+
+def test_neural_text_em_trains_with_the_reward_model_settings(monkeypatch) -> None:
+    """neural_text_em hands the RewardModelSettings to the neural EM (max_length and the
+    trainer arguments), builds one-output classifiers of the backbone, and reports the
+    simulated comparisons; fit_neural_em is replaced by a stand-in that records its call."""
+    calls: dict = {}
+    loaded: list = []
+
+    class Fitted:
+        def __init__(self, n_users: int, n_groups: int, n_iter: int) -> None:
+            self.n_iter, self.converged = n_iter, True
+            self.log_likelihood = [-1.0 - i for i in range(n_iter)]
+            self.assignment = np.arange(n_users) % n_groups
+            self.assignments = [self.assignment] * n_iter
+            self.n_groups = n_groups
+
+        def assign(self, chosen, rejected, user):
+            n = int(np.max(user)) + 1
+            return None, np.arange(n) % self.n_groups
+
+        def rewards(self, texts):
+            return np.random.default_rng(0).standard_normal((len(texts), self.n_groups))
+
+    def fake_fit(chosen, rejected, user, K, new_model, tokenizer, **kwargs):
+        calls.update(kwargs, chosen=chosen, rejected=rejected, user=user, K=K, tok=tokenizer)
+        new_model(0)
+        return Fitted(int(np.max(user)) + 1, K, kwargs["n_iter"])
+
+    def fake_classifier(name, **kwargs):
+        loaded.append((name, kwargs))
+        return "model"
+
+    monkeypatch.setattr(em_mixtures, "fit_neural_em", fake_fit)
+    monkeypatch.setattr(em_mixtures, "load_sequence_classifier", fake_classifier)
+    monkeypatch.setattr(em_mixtures, "load_tokenizer", lambda name: f"tokenizer of {name}")
+    rewards = synthetic_rewards(12, 5)
+    snippets = [f"snippet {i}" for i in range(12)]
+    settings = RewardModelSettings(
+        num_train_epochs=2.0, learning_rate=3e-4, per_device_train_batch_size=4, max_length=24
+    )
+    iters, summary = em_mixtures.neural_text_em(
+        snippets, rewards, [2, 2, 1], [1, 1, 1], per_user=3, beta=2.0, backbone="some/folder",
+        n_iter=2, reward_model=settings, seed=7,
+    )  # fmt: skip
+    assert calls["max_length"] == 24
+    assert calls["train_args"] == {
+        "learning_rate": 3e-4,
+        "num_train_epochs": 2.0,
+        "per_device_train_batch_size": 4,
+    }
+    assert (calls["n_iter"], calls["seed"], calls["K"]) == (2, 7, 3)
+    assert calls["tok"] == "tokenizer of some/folder"
+    assert loaded == [("some/folder", {"num_labels": 1})]
+    sim = simulate_users(rewards.to_numpy(), [2, 2, 1], 3, 2.0, 7)  # the users it simulates
+    assert calls["chosen"] == [snippets[i] for i in sim.chosen]
+    assert calls["rejected"] == [snippets[i] for i in sim.rejected]
+    assert np.array_equal(calls["user"], sim.user)
+    assert iters["iteration"].tolist() == [1, 2] and summary["n_iter"] == 2
+    assert summary["n_comparisons"] == 5 * 3
+    assert np.shape(summary["spearman_fitted_vs_truth"]) == (3, 3)

@@ -1,38 +1,39 @@
-"""Inverse alignment (FRFT): offline records, similarity selection, the refit and its PPO run.
+"""Notebook 06's offline preference set (pluralign.experiments.inverse_alignment): labelling
+policies, record building, the text sources, and the stage's config.
 
-Every check is against something computed independently here: brute-force references of
-the selection rules, per-record loops, hand values, binomial tolerances, planted records
-whose similarity is exactly 1, and an uninterrupted run for the resume.
+Every check is against something computed independently here: per-record loops, hand
+values and binomial tolerances. The FRFT selection rules are tested in
+tests/core/test_frft.py, the refit and its PPO run in tests/training/test_frft.py, the
+preference loader in tests/data/test_preferences.py.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import shutil
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from helpers import tiny_gpt2
-from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, GPT2Config
-from pluralign.pipeline.assets import load_gpt2_tokenizer
-from pluralign.core.frft import select, similarities, top_k
-from pluralign.data.preferences import PreferenceRecords
-from pluralign.data.text import review_prompts
-from pluralign.experiments.inverse_alignment import assign_labelers, build_records, human_pairs, label_pairs_by, labeler_scores, perturb_text
-from pluralign.inverse import pair_accuracy, records_from_dataset
-from pluralign.training.frft import FilteredRefit, OnPolicyPairs, RefitSettings, embed_records, run_frft
-from pluralign.training.ppo import PPOSettings
-from pluralign.training.reward_models import score_texts
-from pluralign.training.ppo import _save_chunk
-from pluralign.training.reward_models import tokenize_pairs
 
-# --------------------------------------------------------------------------- helpers
+from pluralign.data.text import review_prompts
+from pluralign.experiments.inverse_alignment import (
+    Config,
+    arms,
+    assign_labelers,
+    build_records,
+    decode_prompts,
+    human_pairs,
+    label_pairs_by,
+    labeler_scores,
+    perturb_text,
+    refit_settings,
+)
+from pluralign.pipeline.assets import load_gpt2_tokenizer
+from pluralign.pipeline.config import load_stage_config
+from pluralign.training.generation import GenerationSettings
+from pluralign.training.ppo import PPOSettings
+from pluralign.training.reward_models import RewardModelSettings
 
 
 def binomial_ok(hits: int, n: int, p: float, z: float = 4.0) -> bool:
@@ -40,190 +41,9 @@ def binomial_ok(hits: int, n: int, p: float, z: float = 4.0) -> bool:
     return abs(hits - n * p) <= z * math.sqrt(n * p * (1 - p))
 
 
-def ref_top_k(scores, k: int, eligible=None) -> list[int]:
-    """Brute force: stable order by (-score, index), first k, sorted by index."""
-    pool = [i for i in range(len(scores)) if eligible is None or eligible[i]]
-    return sorted(sorted(pool, key=lambda i: (-scores[i], i))[:k])
-
-
-def ref_select(rule: str, s_c, s_r, k: int, tau: float) -> list[int]:
-    """The rules of the module docstring, written out record by record."""
-    n = len(s_c)
-    if rule == "P1":
-        both = [s_c[i] > tau and s_r[i] > tau for i in range(n)]
-        return ref_top_k([s_c[i] + s_r[i] for i in range(n)], k, both)
-    if rule == "P2":
-        by_r = ref_top_k(s_r, k // 2) if k // 2 else []
-        return sorted(set(ref_top_k(s_c, -(-k // 2))) | set(by_r))
-    if rule == "P3":
-        return ref_top_k(s_r, k)
-    return ref_top_k(s_c, k)  # P4
-
-
-class BagOfWords:
-    """A deterministic sentence "encoder": hashed word counts, unit-normalized."""
-
-    def __init__(self, dim: int = 64) -> None:
-        self.dim = dim
-        self.calls = 0
-
-    def encode(self, texts, batch_size, convert_to_numpy, normalize_embeddings, show_progress_bar):
-        assert convert_to_numpy and normalize_embeddings and not show_progress_bar
-        self.calls += 1
-        out = np.zeros((len(texts), self.dim))
-        for i, t in enumerate(texts):
-            for w in t.split():
-                out[i, zlib.crc32(w.encode()) % self.dim] += 1.0
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
-def tiny_reward_model(tok, seed: int = 0):
-    """A 1-layer GPT-2 with a scalar head (pad id set, so batches score their last token)."""
-    torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=len(tok),
-        n_positions=32,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        num_labels=1,
-        pad_token_id=tok.pad_token_id,
-    )
-    return AutoModelForSequenceClassification.from_config(cfg).eval()
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def manual_accuracy(model, tok, pairs: OnPolicyPairs, max_length: int) -> float:
-    """Share of non-tied ground-truth pairs the model orders the same way, by a loop."""
-    ra = score_texts(model, tok, pairs.texts_a, max_length)
-    rb = score_texts(model, tok, pairs.texts_b, max_length)
-    hits = [
-        (ra[i] > rb[i]) == (pairs.truth_a[i] > pairs.truth_b[i]) and ra[i] != rb[i]
-        for i in range(len(ra))
-        if pairs.truth_a[i] != pairs.truth_b[i]
-    ]
-    return sum(hits) / len(hits)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return load_gpt2_tokenizer(max_merges=300)
-
-
-# --------------------------------------------------------------------------- top_k / select
-
-
-def test_top_k_matches_brute_force_with_ties() -> None:
-    """top_k = stable sort by (-score, index), with and without a mask, any k."""
-    rng = np.random.default_rng(0)
-    for _ in range(400):
-        n = int(rng.integers(1, 16))
-        scores = rng.integers(0, 5, size=n).astype(float)  # many ties
-        mask = rng.random(n) < 0.6 if rng.random() < 0.5 else None
-        for k in range(1, n + 3):
-            got = top_k(scores, k, mask)
-            assert got.tolist() == ref_top_k(scores, k, mask), (scores, mask, k)
-            assert got.dtype.kind == "i"
-
-
-def test_top_k_edge_cases_by_hand() -> None:
-    """Ties at the cut go to the lower index; k >= pool returns the pool; empty pool."""
-    s = np.array([1.0, 3.0, 3.0, 2.0, 3.0])
-    assert top_k(s, 2).tolist() == [1, 2]
-    assert top_k(s, 4).tolist() == [1, 2, 3, 4]
-    assert top_k(s, 5).tolist() == [0, 1, 2, 3, 4]  # k == pool
-    assert top_k(s, 9).tolist() == [0, 1, 2, 3, 4]  # k > pool
-    mask = np.array([True, False, True, True, False])
-    assert top_k(s, 1, mask).tolist() == [2]
-    assert top_k(s, 3, mask).tolist() == [0, 2, 3]  # k == pool
-    assert top_k(s, 1, np.zeros(5, bool)).tolist() == []
-
-
-@pytest.mark.parametrize("rule", ["P1", "P2", "P3", "P4"])
-def test_select_rules_match_their_definitions(rule: str) -> None:
-    """Each rule equals a plain-Python reading of its definition (ties, odd and even k)."""
-    rng = np.random.default_rng(1)
-    for _ in range(150):
-        n = int(rng.integers(1, 14))
-        s_c = rng.integers(0, 5, size=n) / 4.0
-        s_r = rng.integers(0, 5, size=n) / 4.0
-        for k in range(1, n + 2):
-            got = select(rule, s_c, s_r, k, threshold=0.5)
-            assert got.tolist() == ref_select(rule, s_c, s_r, k, 0.5), (s_c, s_r, k)
-
-
-def test_p1_threshold_is_strict_on_both_similarities() -> None:
-    """P1 keeps only records with s_c > tau and s_r > tau (equality excluded)."""
-    s_c = np.array([0.9, 0.8, 0.95, 0.99, 0.85])
-    s_r = np.array([0.9, 0.99, 0.7, 0.81, 0.86])
-    assert select("P1", s_c, s_r, 10, threshold=0.8).tolist() == [0, 3, 4]
-    assert select("P1", s_c, s_r, 2, threshold=0.8).tolist() == [0, 3]  # 1.8 and 1.8 > 1.71
-
-
-def test_p2_respects_the_budget_for_odd_k() -> None:
-    """P2's union has at most k records: ceil(k/2) by s_c and floor(k/2) by s_r."""
-    s_c = np.array([3.0, 2.0, 1.0, 0.0])
-    s_r = np.array([0.0, 1.0, 2.0, 3.0])
-    assert select("P2", s_c, s_r, 3).size <= 3
-
-
-def test_random_rule_is_a_reproducible_sample_without_repeats() -> None:
-    """random: min(k, n) distinct sorted indices, fixed by the rng seed, varying with it."""
-    s = np.zeros(50)
-    a = select("random", s, s, 10, rng=np.random.default_rng(3))
-    assert a.size == 10 and np.unique(a).size == 10 and np.all(np.diff(a) > 0)
-    assert a.min() >= 0 and a.max() < 50
-    assert np.array_equal(a, select("random", s, s, 10, rng=np.random.default_rng(3)))
-    assert not np.array_equal(a, select("random", s, s, 10, rng=np.random.default_rng(4)))
-    assert select("random", s[:4], s[:4], 10, rng=np.random.default_rng(0)).tolist() == [0, 1, 2, 3]
-    # uniform: every index is drawn about k/n of the time
-    counts = np.zeros(50)
-    rng = np.random.default_rng(5)
-    for _ in range(2000):
-        counts[select("random", s, s, 10, rng=rng)] += 1
-    assert all(binomial_ok(int(c), 2000, 0.2, z=5) for c in counts)
-
-
-def test_select_rejects_bad_arguments() -> None:
-    """Unknown rule, k < 1, random without rng, s_c / s_r of different shapes."""
-    s = np.zeros(4)
-    with pytest.raises(ValueError, match="unknown selection rule"):
-        select("P5", s, s, 2)
-    with pytest.raises(ValueError, match="k must be >= 1"):
-        select("P4", s, s, 0)
-    with pytest.raises(ValueError, match="needs an rng"):
-        select("random", s, s, 2)
-    with pytest.raises(ValueError, match="one entry per record"):
-        select("P3", s, np.zeros(5), 2)
-    with pytest.raises(ValueError, match="unknown selection rule"):
-        RefitSettings(rule="p4", k=1, every=1)
-    with pytest.raises(ValueError, match=">= 1"):
-        RefitSettings(rule="P4", k=0, every=1)
-
-
-# --------------------------------------------------------------------------- similarities
-
-
-def test_similarities_match_a_per_record_cosine_loop() -> None:
-    """s_c, s_r = cosine of each record's responses to its own prompt's generation."""
-    rng = np.random.default_rng(2)
-
-    def unit(n):
-        x = rng.normal(size=(n, 8)).astype(np.float32)
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-    gen, chosen, rejected = unit(4), unit(11), unit(11)
-    prompt_index = np.array([0, 0, 3, 1, 3, 3, 2, 0, 1, 2, 3])
-    s_c, s_r = similarities(gen, prompt_index, chosen, rejected)
-    assert s_c.dtype == np.float64 and s_r.shape == (11,)
-    for i, p in enumerate(prompt_index):
-        g = gen[p].astype(np.float64)
-        for resp, s in ((chosen[i], s_c[i]), (rejected[i], s_r[i])):
-            r = resp.astype(np.float64)
-            assert s == pytest.approx(g @ r / np.linalg.norm(g) / np.linalg.norm(r), abs=1e-6)
 
 
 # --------------------------------------------------------------------------- labelling
@@ -371,6 +191,56 @@ def test_build_records_rejects_bad_inputs() -> None:
         build_records(prompts, pairs, toy_score, mix, 0.0, "stars", 0)
 
 
+def a_won(rec, pairs, i: int) -> bool:
+    """Whether record i chose its source's response a (the responses of a pair differ)."""
+    src, p = rec.source[i], rec.prompt_index[i]
+    a, b = pairs[src][0][p], pairs[src][1][p]
+    assert a != b and {rec.chosen[i], rec.rejected[i]} == {a, b}
+    return rec.chosen[i] == a
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3])
+def test_build_records_a_ground_truth_tie_never_agrees_with_the_truth(noise: float) -> None:
+    """A record whose two responses tie on the ground truth gets agrees_with_truth False
+    whichever way its labeler ordered it: by another scorer (``long``, a before b on even
+    prompts, b before a on odd ones) or by the tied ground truth itself (a coin flip).
+    Untied records labelled by the ground truth agree, up to the label noise."""
+    n = 40
+    prompts = [f"P{i}:" for i in range(n)]
+    rng = np.random.default_rng(7)
+    pairs: dict[str, tuple[list[str], list[str]]] = {}
+    for src in ("tie_long", "tie_truth", "clear"):
+        a, b = [], []
+        for i in range(n):
+            la, lb = (3, 1) if i % 2 == 0 else (1, 3)
+            za, zb = (i % 4, i % 4) if src != "clear" else rng.choice(5, 2, replace=False)
+            a.append(f" r{i} " + "x" * la + "z" * za)
+            b.append(f" r{i} " + "x" * lb + "z" * zb)
+        pairs[src] = (a, b)
+    mix = {"tie_long": {"long": 1.0}, "tie_truth": {"truth": 1.0}, "clear": {"truth": 1.0}}
+    rec = build_records(prompts, pairs, toy_score, mix, noise=noise, truth="truth", seed=5)
+    assert rec.agrees_with_truth.dtype == bool
+    for src in ("tie_long", "tie_truth"):
+        rows = np.flatnonzero(rec.source == src)
+        for i in rows:
+            zc, zr = rec.chosen[i].count("z"), rec.rejected[i].count("z")
+            assert zc == zr  # the planted tie
+        assert not rec.agrees_with_truth[rows].any(), src
+        assert {a_won(rec, pairs, i) for i in rows} == {True, False}, src  # both orders
+    if noise == 0.0:
+        rows = np.flatnonzero(rec.source == "tie_long")
+        assert [a_won(rec, pairs, i) for i in rows] == [i % 2 == 0 for i in range(n)]
+    clear = np.flatnonzero(rec.source == "clear")
+    agree = rec.agrees_with_truth[clear]
+    if noise == 0.0:
+        assert agree.all()
+    else:
+        assert binomial_ok(int((~agree).sum()), n, noise)
+    for i in clear:
+        zc, zr = rec.chosen[i].count("z"), rec.rejected[i].count("z")
+        assert rec.agrees_with_truth[i] == (zc > zr)
+
+
 # --------------------------------------------------------------------------- text sources
 
 
@@ -466,357 +336,36 @@ def test_labeler_scores_columns_by_hand() -> None:
     assert out["readability"].between(-25.0, 5.0).all()
 
 
-def test_records_from_dataset_dedups_prompts_and_names_bad_rows() -> None:
-    """Prompts deduplicated in order of appearance; malformed rows named with their field."""
-    data = {
-        "prompt": ["A", "B", "A", "C", "B"],
-        "chosen": ["c0", "c1", "c2", "c3", "c4"],
-        "rejected": ["r0", "r1", "r2", "r3", "r4"],
-        "extra": [1, 2, 3, 4, 5],
-    }
-    rec = records_from_dataset(Dataset.from_dict(data), "toy")
-    assert rec.prompts == ["A", "B", "C"]
-    assert rec.prompt_index.tolist() == [0, 1, 0, 2, 1]
-    assert rec.chosen == data["chosen"] and rec.rejected == data["rejected"]
-    assert set(rec.source) == {"toy"} and set(rec.labeler) == {"dataset"}
-    assert [rec.prompts[p] for p in rec.prompt_index] == data["prompt"]
-
-    def bad(field: str, row: int, value):
-        d = {k: list(v) for k, v in data.items()}
-        d[field][row] = value
-        return Dataset.from_dict(d)
-
-    with pytest.raises(ValueError, match=r"toy: row 2: field 'chosen' is empty"):
-        records_from_dataset(bad("chosen", 2, "  "), "toy")
-    with pytest.raises(ValueError, match=r"row 4: field 'prompt'"):
-        records_from_dataset(bad("prompt", 4, None), "toy")
-    with pytest.raises(ValueError, match=r"row 1: 'chosen' equals 'rejected'"):
-        records_from_dataset(bad("rejected", 1, "c1"), "toy")
-    no_rejected = {k: v for k, v in data.items() if k != "rejected"}
-    with pytest.raises(ValueError, match=r"missing columns \['rejected'\]"):
-        records_from_dataset(Dataset.from_dict(no_rejected), "toy")
+def test_decode_prompts_drops_the_leading_eos() -> None:
+    """Prompt texts as Rollouts.texts begin: the EOS every prompt starts with is left out."""
+    assert decode_prompts(IdTokenizer(), [[50256, 1, 2], [50256, 7]]) == ["1 2", "7"]
 
 
-def test_pair_accuracy_by_hand() -> None:
-    """1 of 3 non-tied pairs ordered right, then 3 of 3; ground-truth ties are skipped;
-    all ties -> nan."""
-    table = {"a0": 1.0, "b0": 0.0, "a1": 2.0, "b1": 1.0, "a2": 0.0, "b2": 9.0, "a3": 0.0}
-    table |= {"b3": 5.0}
+# --------------------------------------------------------------------------- the stage's config
 
-    def score(texts):
-        return np.array([table[t] for t in texts])
 
-    pairs = OnPolicyPairs(
-        ["a0", "a1", "a2", "a3"],
-        ["b0", "b1", "b2", "b3"],
-        np.array([1.0, 0.0, 3.0, 2.0]),
-        np.array([0.0, 1.0, 3.0, 1.0]),
+def test_config_reads_the_nested_sections_and_feeds_arms_and_refits(tiny_params: Path) -> None:
+    """The tiny params load into the nested generation / reward_model / ppo settings (shared
+    keys merged with the cpu profile's); the arms and each rule's refit settings follow."""
+    cfg = load_stage_config("inverse_alignment", Config, tiny_params)
+    assert cfg.profile == "cpu" and cfg.offline_data == "synthetic"
+    assert cfg.generation == GenerationSettings(max_new_tokens=6, temperature=0.7)
+    assert cfg.reward_model == RewardModelSettings(
+        num_train_epochs=1.0, learning_rate=1e-4, per_device_train_batch_size=8, max_length=16
     )
-    # pair 0 right, pair 1 wrong, pair 2 a tie (skipped), pair 3 wrong -> 1/3
-    assert pair_accuracy(score, pairs) == pytest.approx(1 / 3)
-    pairs.truth_b = np.array([0.0, -1.0, 3.0, 5.0])  # pairs 1 and 3 now right
-    assert pair_accuracy(score, pairs) == pytest.approx(1.0)
-    ties = OnPolicyPairs(["a0"], ["b0"], np.array([1.0]), np.array([1.0]))
-    assert math.isnan(pair_accuracy(score, ties))
-
-
-# --------------------------------------------------------------------------- the refit
-
-GEN_WORDS = [
-    ("sunny", "park", "walk"),
-    ("cold", "winter", "night"),
-    ("loud", "concert", "crowd"),
-    ("quiet", "library", "book"),
-    ("fast", "red", "car"),
-    ("green", "garden", "tea"),
-]
-FILLER = ["movie", "plot", "actor", "scene", "music", "story", "ending", "camera"]
-
-
-def planted_records(tok):
-    """6 prompts, 3 records each. Planted (rows 0, 3, 6, 9, 15): chosen == the generation
-    for the prompt (s_c = 1); the other chosen responses share at most one word with it."""
-    prompts = [f"Prompt {i} says" for i in range(len(GEN_WORDS))]
-    gens = [" " + " ".join(w) for w in GEN_WORDS]
-    planted = {0: "alpha", 3: "alpha", 6: "alpha", 9: "alpha", 15: "beta"}
-    rng = np.random.default_rng(0)
-    index, chosen, rejected, source = [], [], [], []
-    for p in range(len(prompts)):
-        for j in range(3):
-            row = len(index)
-            filler = list(rng.choice(FILLER, 3, replace=False))
-            index.append(p)
-            if row in planted:
-                chosen.append(gens[p])
-                source.append(planted[row])
-            else:
-                chosen.append(" " + " ".join([GEN_WORDS[p][j], *filler[:2]]))
-                source.append("alpha" if row % 2 else "gamma")
-            rejected.append(" " + " ".join(filler))
-    rec = PreferenceRecords(
-        prompts=prompts,
-        prompt_index=np.array(index),
-        chosen=chosen,
-        rejected=rejected,
-        source=np.array(source),
-        labeler=np.array(["x" if r in (0, 3) else "y" for r in range(len(index))]),
-        agrees_with_truth=np.array([r != 6 for r in range(len(index))]),
-    )
-    prompt_ids = [tok(p)["input_ids"] for p in prompts]
-    return rec, prompt_ids, gens, sorted(planted)
-
-
-def test_filtered_refit_selects_planted_records_and_trains_on_them(tok, monkeypatch) -> None:
-    """P4 with k = #planted picks exactly the records whose chosen equals the generation;
-    the stats describe them; the reward model is fine-tuned on those pairs only and its
-    margin on them grows."""
-
-    rec, prompt_ids, gens, planted = planted_records(tok)
-    encoder = BagOfWords()
-    embed_records(rec, encoder)
-    rm = tiny_reward_model(tok)
-    before = copy.deepcopy(rm.state_dict())
-    calls, seen = [], {}
-
-    def generate(policy, ids, seed):
-        calls.append((policy, ids, seed))
-        return list(gens)
-
-    real_tokenize = tokenize_pairs
-
-    def spy(tokenizer, chosen, rejected, max_length, weights=None):
-        seen["pairs"] = (list(chosen), list(rejected))
-        return real_tokenize(tokenizer, chosen, rejected, max_length, weights)
-
-    monkeypatch.setattr(reward_trainer, "tokenize_pairs", spy)
-    settings = RefitSettings(
-        rule="P4", k=len(planted), every=2, learning_rate=3e-3, epochs=4.0, batch_size=5,
-        max_length=16,
-    )  # fmt: skip
-    refit = FilteredRefit(rm, tok, rec, prompt_ids, encoder, settings, generate, seed=3)
-    chosen_full, rejected_full = rec.full_texts(planted)
-
-    def margin() -> float:
-        return float(
-            np.mean(score_texts(rm, tok, chosen_full, 16) - score_texts(rm, tok, rejected_full, 16))
-        )
-
-    m0 = margin()
-    out = refit("the policy", 4)
-    assert calls == [("the policy", prompt_ids, 3 * 7919 + 4)]
-    assert seen["pairs"] == (chosen_full, rejected_full)  # exactly the planted pairs
-    assert out["selected"] == len(planted) == 5
-    assert out["share_source_alpha"] == pytest.approx(0.8)
-    assert out["share_source_beta"] == pytest.approx(0.2)
-    assert out["share_source_gamma"] == 0.0
-    assert out["share_labeler_x"] == pytest.approx(0.4)
-    assert out["label_truth_agreement"] == pytest.approx(0.8)
-    assert out["sim_chosen"] == pytest.approx(1.0, abs=1e-5)
-    assert out["sim_chosen_all"] < out["sim_chosen"]
-    for step in ("sampling", "embedding", "selection", "fine_tuning"):
-        assert out[f"time_{step}_s"] >= 0.0
-    assert not same_weights(before, rm.state_dict())
-    assert margin() > m0 + 0.05, (m0, margin())
-
-
-def test_filtered_refit_with_an_empty_selection_does_not_train(tok) -> None:
-    """P1 needs s_c and s_r above tau; no planted record has s_r > 0.5, so nothing is
-    selected, the reward model is untouched and only the all-record stats are reported."""
-    rec, prompt_ids, gens, _ = planted_records(tok)
-    embed_records(rec, BagOfWords())
-    rm = tiny_reward_model(tok)
-    before = copy.deepcopy(rm.state_dict())
-    settings = RefitSettings(rule="P1", k=5, every=1, threshold=0.5)
-    refit = FilteredRefit(rm, tok, rec, prompt_ids, BagOfWords(), settings, lambda *a: gens, 0)
-    out = refit(None, 1)
-    assert out["selected"] == 0.0
-    assert same_weights(before, rm.state_dict())
-    assert "sim_chosen" not in out and "share_source_alpha" not in out
-    s_c = [
-        BagOfWords().encode([gens[p], c], 2, True, True, False).prod(0).sum()
-        for p, c in zip(rec.prompt_index, rec.chosen, strict=True)
-    ]
-    assert out["sim_chosen_all"] == pytest.approx(np.mean(s_c), abs=1e-6)
-
-
-def test_filtered_refit_needs_embedded_records_and_every_prompt(tok) -> None:
-    """Records without cached embeddings, or prompt ids not one per prompt, are refused."""
-    rec, prompt_ids, gens, _ = planted_records(tok)
-    settings = RefitSettings(rule="P4", k=2, every=1)
-    rm = tiny_reward_model(tok)
-    args = (BagOfWords(), settings, lambda p, ids, s: gens)
-    with pytest.raises(ValueError, match="embed the records first"):
-        FilteredRefit(rm, tok, rec, prompt_ids, *args, seed=0)
-    embed_records(rec, BagOfWords())
-    with pytest.raises(ValueError, match="every record prompt"):
-        FilteredRefit(rm, tok, rec, prompt_ids[:-1], *args, seed=0)
-
-
-# --------------------------------------------------------------------------- run_frft
-
-SETTINGS = PPOSettings(
-    n_updates=4, batch_size=8, response_length=10, checkpoint_every=2, learning_rate=1e-3
-)
-RM_LENGTH = 16
-REFERENCE = ["the movie was fine", "i think this is bad", "a great film indeed", "what a story"]
-EVAL_PAIRS = OnPolicyPairs(
-    texts_a=["the movie was great", "bad plot", "a fine film", "so so", "lovely music"],
-    texts_b=["the movie was bad", "great plot", "a dull film", "very good", "no music"],
-    truth_a=np.array([1.0, 0.0, 1.0, 0.0, 1.0]),
-    truth_b=np.array([0.0, 1.0, 0.0, 1.0, 0.0]),
-)
-
-
-def ppo_prompts(tok) -> Dataset:
-    texts = ["the movie was", "i think this", "a great film", "what a story"] * 4
-    return Dataset.from_dict(
-        {"input_ids": [[tok.eos_token_id, *tok(t)["input_ids"][:3]] for t in texts]}
-    )
-
-
-def evaluate(policy, updates: int) -> OnPolicyPairs:
-    return EVAL_PAIRS
-
-
-def frft(tok, workdir: Path, with_refit: bool = True, settings: PPOSettings = SETTINGS):
-    """One run_frft on fresh tiny models; returns (log, reward model, refit)."""
-    rm = tiny_reward_model(tok, seed=1)
-    refit = None
-    if with_refit:
-        rec, prompt_ids, gens, _ = planted_records(tok)
-        encoder = BagOfWords()
-        embed_records(rec, encoder)
-        refit_settings = RefitSettings(
-            rule="P4", k=5, every=2, learning_rate=3e-3, epochs=2.0, batch_size=5,
-            max_length=RM_LENGTH,
+    assert isinstance(cfg.ppo, PPOSettings)
+    assert (cfg.ppo.n_updates, cfg.ppo.batch_size, cfg.ppo.checkpoint_every) == (2, 4, 1)
+    assert (cfg.ppo.num_mini_batches, cfg.ppo.kl_coef) == (2, 0.05)  # shared keys
+    names = [a.name for a in arms(cfg, with_ood=True)]
+    assert names == ["vanilla", *(f"FRFT_{r}" for r in cfg.rules), "OOD"]
+    assert [a.name for a in arms(cfg, with_ood=False)] == names[:-1]
+    assert {a.start for a in arms(cfg, with_ood=True)} == {"vanilla", "ood"}
+    assert [a.rule for a in arms(cfg, with_ood=False)] == [None, *cfg.rules]
+    for rule in cfg.rules:
+        r = refit_settings(cfg, rule)
+        assert (r.rule, r.k, r.every, r.threshold) == (
+            rule, cfg.select_k, cfg.refit_every, cfg.select_threshold
         )  # fmt: skip
-        refit = FilteredRefit(
-            rm, tok, rec, prompt_ids, encoder, refit_settings, lambda p, i, s: list(gens), 0
-        )
-    _, log = run_frft(
-        tiny_gpt2(tok, seed=0),
-        tok,
-        ppo_prompts(tok),
-        rm,
-        RM_LENGTH,
-        REFERENCE,
-        settings,
-        workdir,
-        seed=0,
-        refit=refit,
-        evaluate=evaluate,
-    )
-    return log, rm, refit
-
-
-@pytest.fixture(scope="module")
-def full_run(tok, tmp_path_factory):
-    """An uninterrupted 4-update run refit after update 2, and the initial reward model."""
-    workdir = tmp_path_factory.mktemp("frft") / "full"
-    log, rm, _ = frft(tok, workdir)
-    return workdir, log, rm, tiny_reward_model(tok, seed=1)
-
-
-def test_run_frft_logs_refits_and_evaluations_at_checkpoints(tok, full_run) -> None:
-    """Refit columns at update 2 only, evaluation at 2 and 4 (recomputed by hand), the
-    snapshot file, and the reward re-standardized on the reference texts after the refit."""
-    workdir, log, rm, initial = full_run
-    assert log["update"].tolist() == [1, 2, 3, 4]
-    assert log["selected"].notna().tolist() == [False, True, False, False]
-    assert log["selected"][1] == 5.0
-    assert log["time_fine_tuning_s"].notna().tolist() == [False, True, False, False]
-    assert log["share_source_beta"][1] == pytest.approx(0.2)
-    for col in ("gt", "rm_accuracy"):
-        assert log[col].notna().tolist() == [False, True, False, True]
-    assert log["gt"][1] == log["gt"][3] == pytest.approx(0.6)
-    assert log["rm_accuracy_after"].notna().tolist() == [False, True, False, False]
-    assert (workdir / "reward-after-00002.pt").is_file()
-    assert not (workdir / "reward-after-00004.pt").exists()  # no refit after the last chunk
-    snap = torch.load(workdir / "reward-after-00002.pt", weights_only=True)
-    assert same_weights(snap, rm.state_dict())  # the final reward is the refit one
-    assert not same_weights(snap, initial.state_dict())
-    assert log["rm_accuracy"][1] == pytest.approx(manual_accuracy(initial, tok, EVAL_PAIRS, 16))
-    assert log["rm_accuracy_after"][1] == pytest.approx(manual_accuracy(rm, tok, EVAL_PAIRS, 16))
-    assert log["rm_accuracy"][3] == pytest.approx(manual_accuracy(rm, tok, EVAL_PAIRS, 16))
-    # norm = (raw - mean) / std over the reference texts, with the reward model in use
-    for rows, model in (([0, 1], initial), ([2, 3], rm)):
-        ref = score_texts(model, tok, REFERENCE, RM_LENGTH)
-        for r in rows:
-            expected = (log["raw_reward"][r] - ref.mean()) / ref.std()
-            assert log["norm_reward"][r] == pytest.approx(expected, rel=1e-6, abs=1e-9)
-
-
-def test_run_frft_without_refit_leaves_the_reward_model_alone(tok, tmp_path: Path) -> None:
-    """refit=None is vanilla RLHF: same reward weights, no refit columns, no snapshots."""
-    settings = PPOSettings(n_updates=1, batch_size=8, response_length=10, checkpoint_every=1)
-    log, rm, _ = frft(tok, tmp_path / "r", with_refit=False, settings=settings)
-    assert same_weights(rm.state_dict(), tiny_reward_model(tok, seed=1).state_dict())
-    assert "selected" not in log.columns and "rm_accuracy_after" not in log.columns
-    assert log["rm_accuracy"].tolist() == [manual_accuracy(rm, tok, EVAL_PAIRS, RM_LENGTH)]
-    assert not list((tmp_path / "r").glob("reward-after-*"))
-
-
-def test_frft_run_missing_its_last_chunk_resumes_to_the_same_result(
-    tok, full_run, tmp_path: Path
-) -> None:
-    """A copy of the full run without its last chunk, rerun with fresh models, reloads the
-    refit reward model (its snapshot after update 2) and ends where the full run did."""
-    workdir, full_log, full_rm, initial = full_run
-    shutil.copytree(workdir, tmp_path / "b")
-    shutil.rmtree(tmp_path / "b" / "chunk-0001")
-    log, rm, _ = frft(tok, tmp_path / "b")
-    assert same_weights(rm.state_dict(), full_rm.state_dict())
-    assert not same_weights(rm.state_dict(), initial.state_dict())
-    cols = ["update", "objective/kl", "objective/scores", "raw_reward", "norm_reward"]
-    cols += ["selected", "gt", "rm_accuracy", "rm_accuracy_after", "share_source_alpha"]
-    assert log[cols].equals(full_log[cols])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("die", ["after_first_checkpoint", "before_first_checkpoint"])
-def test_killed_frft_run_resumes_to_the_uninterrupted_result(
-    tok, full_run, tmp_path: Path, monkeypatch, die: str
-) -> None:
-    """Killed after the first chunk's checkpoint, a rerun with fresh models reloads the
-    refit reward model and ends where the uninterrupted run did; killed after the refit
-    snapshot but before the checkpoint, the rerun ignores that snapshot and redoes chunk 1."""
-    _, full_log, full_rm, _ = full_run
-    real_save = _save_chunk
-
-    def killed(path, *args):
-        if die == "after_first_checkpoint":
-            real_save(path, *args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ppo_runner, "_save_chunk", killed)
-    with pytest.raises(KeyboardInterrupt):
-        frft(tok, tmp_path / "b")
-    assert (tmp_path / "b" / "reward-after-00002.pt").is_file()
-    complete = (tmp_path / "b" / "chunk-0000" / "log.json").is_file()
-    assert complete == (die == "after_first_checkpoint")
-    monkeypatch.setattr(ppo_runner, "_save_chunk", real_save)
-
-    log, rm, _ = frft(tok, tmp_path / "b")
-    assert same_weights(rm.state_dict(), full_rm.state_dict())
-    cols = ["update", "objective/kl", "objective/scores", "raw_reward", "norm_reward"]
-    cols += ["selected", "gt", "rm_accuracy", "rm_accuracy_after", "share_source_alpha"]
-    assert log[cols].equals(full_log[cols])
-
-
-def test_run_frft_rejects_mismatched_refits(tok, tmp_path: Path) -> None:
-    """The refit interval must be a multiple of checkpoint_every, and the refit must
-    fine-tune the reward model PPO uses."""
-    rec, prompt_ids, _, _ = planted_records(tok)
-    embed_records(rec, BagOfWords())
-    rm = tiny_reward_model(tok)
-
-    def refit(model, every: int) -> FilteredRefit:
-        settings = RefitSettings(rule="P4", k=2, every=every)
-        return FilteredRefit(model, tok, rec, prompt_ids, BagOfWords(), settings, None, 0)
-
-    args = (tok, ppo_prompts(tok), rm, RM_LENGTH, REFERENCE, SETTINGS, tmp_path / "x", 0)
-    with pytest.raises(ValueError, match="multiple of checkpoint_every"):
-        run_frft(tiny_gpt2(tok, seed=0), *args, refit=refit(rm, 3))
-    with pytest.raises(ValueError, match="reward model PPO uses"):
-        run_frft(tiny_gpt2(tok, seed=0), *args, refit=refit(tiny_reward_model(tok), 2))
-    assert not (tmp_path / "x").exists()
+        assert (r.learning_rate, r.epochs) == (cfg.refit_lr, cfg.refit_epochs)
+        assert (r.batch_size, r.max_length) == (8, 16)  # the reward models' recipe
+        assert r.every % cfg.ppo.checkpoint_every == 0  # what run_frft requires

@@ -1,21 +1,24 @@
 """Notebook 06's paper path (a hub preference set, a gold reward model, a hub-style policy),
 run offline on local stand-ins of the same kinds: an rm-static-schema dataset folder, a
-GPT-2 policy folder with its tokenizer, and a one-output GPT-2 classifier as the gold RM."""
+GPT-2 policy folder with its tokenizer, and a one-output GPT-2 classifier as the gold RM.
+Hub sources must be pinned (``name@revision``); local paths need no revision."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import TINY_PARAMS, tiny_gpt2, write_params
-from test_pipeline import ROOT, _run
+from helpers import TINY_PARAMS, run_stage, tiny_gpt2, write_params
 from transformers import GPT2ForSequenceClassification
 
-from pluralign.pipeline.assets import load_gpt2_tokenizer
-from pluralign.inverse import load_hub_records
+from pluralign.data.preferences import load_preference_records
+from pluralign.experiments.inverse_alignment import Config, build_offline_set
+from pluralign.pipeline.assets import AssetError, load_gpt2_tokenizer
+from pluralign.pipeline.config import load_stage_config
+from pluralign.pipeline.io import flatten
 
 
 def _rm_static_standin(folder: Path, n_train: int, n_test: int) -> Path:
@@ -39,14 +42,17 @@ def _rm_static_standin(folder: Path, n_train: int, n_test: int) -> Path:
     return folder
 
 
-def test_hub_records_loader_reads_a_local_standin(tmp_path: Path) -> None:
-    """``load_hub_records`` goes through ``datasets`` and checks every record."""
+def test_preference_records_loader_reads_a_local_standin(tmp_path: Path) -> None:
+    """``load_preference_records`` reads a local rm-static-style folder (no revision
+    needed), one split at a time, through ``datasets``, and checks every record."""
     data = _rm_static_standin(tmp_path / "rm-static", 12, 4)
-    records = load_hub_records(str(data), None, "train")
+    records = load_preference_records(str(data), "train")
     assert len(records) == 12 and len(records.prompts) == 12
     assert records.chosen[0].startswith(" ") and records.full_texts([0])[0][0].endswith(
         records.chosen[0]
     )
+    assert len(load_preference_records(str(data), "test")) == 4
+    assert len(load_preference_records(str(data), "train", n=5)) == 5
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "train.jsonl").write_text(
@@ -56,7 +62,19 @@ def test_hub_records_loader_reads_a_local_standin(tmp_path: Path) -> None:
         + "\n"
     )
     with pytest.raises(ValueError, match=r"row 1: field 'chosen'"):
-        load_hub_records(str(bad), None, "train")
+        load_preference_records(str(bad), "train")
+
+
+def test_offline_set_refuses_an_unpinned_hub_preference_set(
+    tiny_params: Path, host_lookups: list[str]
+) -> None:
+    """The paper path's offline set from a hub name without ``@revision`` stops before any
+    model is used or anything is downloaded."""
+    cfg = load_stage_config("inverse_alignment", Config, tiny_params)
+    cfg = dataclasses.replace(cfg, offline_data="Dahoas/rm-static")
+    with pytest.raises(AssetError, match=r"pin a revision \(Dahoas/rm-static@<commit or tag>\)"):
+        build_offline_set(cfg, None, None, None, None)
+    assert host_lookups == []
 
 
 def test_notebook_06_paper_path_runs_on_local_standins(tmp_path: Path) -> None:
@@ -73,13 +91,12 @@ def test_notebook_06_paper_path_runs_on_local_standins(tmp_path: Path) -> None:
     data = _rm_static_standin(tmp_path / "rm-static", 24, 8)
 
     params = copy.deepcopy(TINY_PARAMS)
-    section = params["inverse_alignment"]
-    section |= {
+    # The tests run the cpu profile, whose keys override the section's shared ones.
+    params["inverse_alignment"]["cpu"] |= {
         "policy": str(policy_dir),
         "judge": str(gold_dir),
         "rm_backbone": str(policy_dir),
         "offline_data": str(data),
-        "offline_revision": None,
         "n_offline_prompts": 24,
         "n_ood_prompts": 0,
         "prompt_tokens": 6,
@@ -87,23 +104,13 @@ def test_notebook_06_paper_path_runs_on_local_standins(tmp_path: Path) -> None:
     }
     params_file = write_params(tmp_path / "params.yaml", params)
     out = tmp_path / "out"
-    proc, attempts = _run(
-        [
-            sys.executable,
-            "-m",
-            "pluralign.run_notebook",
-            str(ROOT / "notebooks" / "06_inverse_alignment.ipynb"),
-            "--params-file",
-            str(params_file),
-            "--output-root",
-            str(out),
-        ],
-        tmp_path,
-    )
+    proc, attempts = run_stage("06_inverse_alignment", params_file, out, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert attempts == []
     metrics = json.loads((out / "results/metrics/06_inverse_alignment.json").read_text())
     assert metrics["records"] == 24
-    assert "ood_rm_accuracy_at_reference" not in metrics  # no OOD arm on this path
+    assert set(metrics["rm_accuracy_at_reference"]) == {"vanilla"}  # no OOD arm on this path
+    assert "OOD" not in metrics["runs"]
     assert "records_label_truth_agreement" not in metrics  # the hub set has no planted truth
-    assert {"vanilla_truth", "FRFT_P4_truth", "FRFT_random_selected"} <= set(metrics)
+    flat = flatten(metrics)
+    assert {"runs.vanilla.truth", "runs.FRFT_P4.truth", "runs.FRFT_random.selected"} <= set(flat)

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -204,15 +205,23 @@ def test_standardize_columns_pools_both_frames() -> None:
     assert np.abs(zb - own).max() > 0.1
 
 
-def test_standardize_columns_refuses_a_constant_column_by_name() -> None:
-    """A constant ground truth has no ranking to learn: an error naming the column, not a
-    silent column of zeros (constant on the pooled rows, even if one side alone varies)."""
+def test_standardize_columns_names_a_constant_column_and_zeroes_it() -> None:
+    """A constant ground truth has no ranking to learn: a warning names the column and its
+    z-scores are 0 (centred, not scaled: a BT draw on it is a coin flip); the other columns
+    are z-scored as usual. Constant means over the pooled rows, not per side."""
     a = pd.DataFrame({"sentiment": [0.1, 0.9, 0.5], "c": 3.0})
     b = pd.DataFrame({"sentiment": [0.3, 0.7], "c": 3.0})
-    with pytest.raises(ValueError, match=r"columns \['c'\] are constant"):
-        standardize_columns(a, b)
+    with pytest.warns(UserWarning, match=r"columns \['c'\] are constant"):
+        za, zb = standardize_columns(a, b)
+    z = np.vstack([za, zb])
+    assert np.all(np.isfinite(z)) and np.all(z[:, 1] == 0.0)  # (3 - 3) / 1: exactly 0
+    pooled = np.concatenate([a["sentiment"], b["sentiment"]])
+    np.testing.assert_allclose(z[:, 0], (pooled - pooled.mean()) / pooled.std(), rtol=1e-12)
     varies_in_a_only = pd.DataFrame({"sentiment": [0.3, 0.7], "c": [3.0, 3.0]})
-    standardize_columns(a.assign(c=[3.0, 3.0, 4.0]), varies_in_a_only)  # pooled: not constant
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pooled, c is not constant: no warning
+        za, zb = standardize_columns(a.assign(c=[3.0, 3.0, 4.0]), varies_in_a_only)
+    assert np.vstack([za, zb])[:, 1].std() == pytest.approx(1.0, rel=1e-12)
     with pytest.raises(ValueError, match=r"columns \['sentiment'\] hold NaN or inf"):
         standardize_columns(a.assign(sentiment=[0.1, np.nan, 0.5], c=[1.0, 2.0, 3.0]), b)
 

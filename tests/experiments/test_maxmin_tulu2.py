@@ -22,9 +22,10 @@ import pytest
 import torch
 import transformers
 from datasets import Dataset
+from helpers import tiny_params_copy, write_params
 from transformers import PreTrainedTokenizerFast
 
-from pluralign.core.stats import gains, headline
+from pluralign.core.stats import bootstrap_ci, gains, headline
 from pluralign.data.preferences import load_prompt_texts
 from pluralign.data.psoups import (
     DIMENSIONS,
@@ -47,13 +48,11 @@ from pluralign.experiments.maxmin_tulu2 import (
     read_arm,
     train_arm,
 )
-from pluralign.pipeline import assets
 from pluralign.pipeline.assets import AssetError, Source, load_gpt2_tokenizer, resolve_source
 from pluralign.pipeline.config import load_stage_config
 from pluralign.training import generation
 from pluralign.training.generation import (
     GenerationSettings,
-    Rollouts,
     kl_to_reference,
     sample_continuations,
     sample_rollouts,
@@ -109,41 +108,79 @@ def datasets_cache(tmp_path: Path, monkeypatch) -> Path:
 # --------------------------------------------------------------------------- pinning
 
 
-def test_require_pinned_wants_a_revision_for_a_hub_name_only(tmp_path: Path, monkeypatch):
-    with pytest.raises(ValueError, match="pin a revision"):
-        mt.require_pinned("allenai/tulu-2-7b", None, "policy")
-    with pytest.raises(ValueError, match="pin a revision"):
-        mt.require_pinned("allenai/tulu-2-7b", "", "policy")  # empty is not a pin
-    mt.require_pinned("allenai/tulu-2-7b", "0123abc", "policy")
-    # Local: an existing folder, or anything spelled as a path, even if absent.
+def test_resolve_source_wants_a_revision_for_a_hub_name_only(tmp_path: Path, monkeypatch):
+    """Notebook 05's sources (policy, prompt sets): a hub name is pinned in the name itself
+    (``name@revision``); a local path is local however it is spelled and carries none."""
+    with pytest.raises(AssetError, match=r"policy: 'allenai/tulu-2-7b' is a hub name: pin a"):
+        resolve_source("allenai/tulu-2-7b", "policy")
+    with pytest.raises(AssetError, match="pin a revision"):
+        resolve_source("allenai/tulu-2-7b@", "policy")  # empty is not a pin
+    with pytest.raises(AssetError, match=r"prompts: 'HuggingFaceH4/Koala-test-set' is a hub"):
+        resolve_source("HuggingFaceH4/Koala-test-set", "prompts")
+    pinned = resolve_source("allenai/tulu-2-7b@0123abc", "policy")
+    assert pinned == Source("allenai/tulu-2-7b", "0123abc") and not pinned.local
+    assert str(pinned) == "allenai/tulu-2-7b@0123abc"
+    # Local: an existing folder, or anything spelled as a path, even if absent; an "@..."
+    # is then part of the path, never a revision.
     for local in (str(tmp_path), "./not-there", "/not/there/either"):
-        with pytest.raises(ValueError, match="local path; its revision must be null"):
-            mt.require_pinned(local, "0123abc", "policy")
-        mt.require_pinned(local, None, "policy")
-    monkeypatch.chdir(tmp_path)
+        for spec in (local, local + "@0123abc"):
+            src = resolve_source(spec, "policy")
+            assert src.local and src.revision is None, spec
+            assert src.name.endswith(spec.lstrip("./")), spec
+    # A relative existing folder is local (relative to the project root, not the cwd).
+    monkeypatch.setenv("PLURALIGN_ROOT", str(tmp_path))
+    with pytest.raises(AssetError, match=r"prompts: 'data' is a hub name"):
+        resolve_source("data", "prompts")  # not there (yet): a hub name
     (tmp_path / "data").mkdir()
-    with pytest.raises(ValueError, match=r"prompts: data is a local path"):
-        mt.require_pinned("data", "v1", "prompts")  # a relative existing folder is local
-    mt.require_pinned("data", None, "prompts")
+    assert resolve_source("data", "prompts") == Source(str(tmp_path / "data"))
 
 
-def test_backbone_spec_of_the_proxy_and_of_a_pinned_hub_model(tmp_path: Path):
+def test_backbone_spec_of_the_proxy_and_of_a_pinned_hub_model(tmp_path: Path, monkeypatch):
     base = {"load_in_bits": None, "bf16": True, "gradient_checkpointing": True}
     proxy = backbone_spec(SimpleNamespace(policy="llama_proxy", **base), tmp_path / "m")
-    assert proxy == BackboneSpec(str(tmp_path / "m"), None, None, True, True)
-    hub = SimpleNamespace(policy="allenai/tulu-2-7b", policy_revision="abc123", **base)
+    assert proxy == BackboneSpec(str(tmp_path / "m"), None, True, True)
+    hub = SimpleNamespace(policy="allenai/tulu-2-7b@abc123", **base)
     assert backbone_spec(hub, tmp_path) == BackboneSpec(
-        "allenai/tulu-2-7b", "abc123", None, True, True
+        "allenai/tulu-2-7b@abc123", None, True, True
     )
-    with pytest.raises(ValueError, match="pin a revision"):
-        backbone_spec(
-            SimpleNamespace(policy="allenai/tulu-2-7b", policy_revision=None, **base), ""
-        )
-    assert BackboneSpec("x", "abc", bf16=True).kwargs() == {
-        "revision": "abc",
-        "dtype": torch.bfloat16,
-    }
+    # The revision travels in the source, not in the loading kwargs.
+    assert BackboneSpec("x@abc", bf16=True).kwargs() == {"dtype": torch.bfloat16}
     assert BackboneSpec("x").kwargs() == {}
+    # ... and reaches from_pretrained split into name and revision.
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def fake_from_pretrained(name, **kwargs):
+        calls.append((name, kwargs))
+        return SimpleNamespace(config=SimpleNamespace(), generation_config=SimpleNamespace())
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    model = load_base_policy(backbone_spec(hub, tmp_path), pad_token_id=7)
+    assert model.config.pad_token_id == 7 and model.generation_config.pad_token_id == 7
+    assert calls == [
+        (
+            "allenai/tulu-2-7b",
+            {
+                "revision": "abc123",
+                "use_safetensors": True,
+                "local_files_only": False,
+                "dtype": torch.bfloat16,
+            },
+        )
+    ]
+
+
+def test_an_unpinned_hub_policy_fails_before_any_download(tmp_path: Path, host_lookups):
+    unpinned = SimpleNamespace(
+        policy="allenai/tulu-2-7b", load_in_bits=None, bf16=False, gradient_checkpointing=False
+    )
+    spec = backbone_spec(unpinned, tmp_path)
+    with pytest.raises(AssetError, match="pin a revision"):
+        load_chat_tokenizer(spec.source)
+    with pytest.raises(AssetError, match="pin a revision"):
+        load_base_policy(spec, pad_token_id=0)
+    with pytest.raises(AssetError, match="pin a revision"):
+        lora_classifier(spec, 0, 4)
+    assert host_lookups == []
 
 
 # --------------------------------------------------------------------------- prompts
@@ -202,12 +239,15 @@ def _greedy(model, prompt: list[int], n_new: int, pad: int, eos: int) -> list[in
 def test_sample_masks_left_padding_and_keeps_the_padded_prompts(tok, proxy):
     ids = chat_prompt_ids(tok, TEXTS, N_TOKENS)
     unpadded = [tok(chat(t))["input_ids"] for t in TEXTS]
-    roll = mt.sample(proxy, tok, ids, 6, 0.7, seed=3)
+    assert any(p != u for p, u in zip(ids, unpadded, strict=True))  # some rows are padded
+    roll = sample_rollouts(proxy, tok, ids, 6, 0.7, seed=3)
     assert roll.prompt_ids == ids  # one prompt length, as kl_to_reference needs
     plain = sample_rollouts(proxy, tok, unpadded, 6, 0.7, seed=3)
+    assert plain.prompt_ids == unpadded
     assert roll.continuation_ids == plain.continuation_ids
     assert roll.continuations == plain.continuations
     np.testing.assert_array_equal(roll.n_tokens, plain.n_tokens)
+    # bitwise on purpose: the same network on the same rows gives the same log-probs
     assert kl_to_reference(proxy, proxy, tok, roll, 0.7) == 0.0
 
 
@@ -216,16 +256,16 @@ def test_sample_continues_each_prompt_as_if_it_had_no_padding(tok):
     greedy decode of its prompt alone (batch of one, no padding, no mask)."""
     peaked = build_llama_proxy(tok, seed=1, initializer_range=0.2, **SHAPE)
     ids = chat_prompt_ids(tok, TEXTS, N_TOKENS)
-    roll = mt.sample(peaked, tok, ids, 5, 1e-4, seed=0)
+    roll = sample_rollouts(peaked, tok, ids, 5, 1e-4, seed=0)
     for text, got in zip(TEXTS, roll.continuation_ids, strict=True):
         expected = _greedy(
             peaked, tok(chat(text))["input_ids"], 5, tok.pad_token_id, tok.eos_token_id
         )
         assert got == expected, text
-    # Attending the PAD tokens (no mask) would change at least one continuation: the
-    # comparison above can fail.
-    attended = sample_rollouts(peaked, tok, ids, 5, 1e-4, seed=0)
-    assert attended.continuation_ids != roll.continuation_ids
+    # Attending the PAD tokens (the padded ids passed to generate as content, mask all
+    # ones) would change at least one continuation: the comparison above can fail.
+    attended = sample_continuations(peaked, tok, ids, 5, 1e-4, seed=0)
+    assert [r["continuation_ids"] for r in attended] != roll.continuation_ids
 
 
 # --------------------------------------------------------------------------- chat tokenizer
@@ -292,18 +332,18 @@ def test_sample_keeps_an_unk_inside_the_prompt_when_unk_pads(tmp_path: Path, mon
     unk = tok.unk_token_id
     body = tok(chat("hello zzz world"))["input_ids"]
     assert unk in body and ids[0][-len(body) :] == body and ids[0][0] == tok.pad_token_id
+    assert body[0] != tok.pad_token_id  # the UNK is inside, not leading
     seen: list[list[list[int]]] = []
 
-    def fake_rollouts(policy, tokenizer, prompt_ids, *args):
-        seen.append([list(p) for p in prompt_ids])
-        n = len(prompt_ids)
-        return Rollouts(
-            [list(p) for p in prompt_ids], [[]] * n, [""] * n, [""] * n, np.zeros(n), np.zeros(n)
-        )
+    def fake_continuations(policy, tokenizer, prompts, *args):
+        seen.append([list(p) for p in prompts])
+        row = {"continuation_ids": [], "continuation": "", "new_tokens": 0, "stopped": False}
+        return [dict(row, prompt="") for _ in prompts]
 
-    monkeypatch.setattr(mg, "sample_rollouts", fake_rollouts)
-    mt.sample(None, tok, ids, 4, 0.7, 0)
+    monkeypatch.setattr(generation, "sample_continuations", fake_continuations)
+    roll = sample_rollouts(None, tok, ids, 4, 0.7, 0)
     assert seen == [[body]]  # only the leading padding removed
+    assert roll.prompt_ids == ids  # and restored in the rollouts
 
 
 # --------------------------------------------------------------------------- prompt files
@@ -317,7 +357,7 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 def test_load_prompt_texts_reads_a_local_jsonl_column(tmp_path: Path, datasets_cache):
     rows = [{"instruction": "Say hi.", "id": 1}, {"instruction": " Why? ", "id": 2}]
     path = _jsonl(tmp_path / "prompts.jsonl", rows)
-    assert load_prompt_texts(str(path), None, "train", "instruction") == ["Say hi.", " Why? "]
+    assert load_prompt_texts(str(path), "train", "instruction") == ["Say hi.", " Why? "]
 
 
 @pytest.mark.parametrize("bad", ["", "   ", 5, None], ids=["empty", "blank", "number", "null"])
@@ -326,26 +366,33 @@ def test_load_prompt_texts_names_row_and_column_of_a_bad_field(
 ):
     rows = [{"q": "fine"}, {"q": "fine too"}, {"q": bad}, {"q": "ok"}]
     path = _jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(ValueError, match=r"bad\.jsonl: row 2: field 'q' is empty or not"):
-        load_prompt_texts(str(path), None, "train", "q")
+    with pytest.raises(
+        ValueError, match=r"bad\.jsonl: row 2: field 'prompt' \(column 'q'\) is empty or not"
+    ):
+        load_prompt_texts(str(path), "train", "q")
 
 
 def test_load_prompt_texts_names_the_columns_when_one_is_missing(tmp_path: Path, datasets_cache):
     path = _jsonl(tmp_path / "p.jsonl", [{"instruction": "a", "output": "b"}])
     with pytest.raises(
-        ValueError, match=r"no column 'prompt' \(columns: \['instruction', 'output'\]"
+        ValueError,
+        match=r"p\.jsonl: missing columns \['prompt'\] .*the file has \['instruction', 'output'\]",
     ):
-        load_prompt_texts(str(path), None, "train", "prompt")
+        load_prompt_texts(str(path), "train", "prompt")
 
 
-def test_load_prompt_texts_checks_pinning_before_loading(tmp_path: Path):
-    with pytest.raises(ValueError, match="pin a revision"):
-        load_prompt_texts("HuggingFaceH4/Koala-test-set", None, "test", "prompt")
+def test_load_prompt_texts_checks_pinning_before_loading(
+    tmp_path: Path, datasets_cache, host_lookups: list[str]
+):
+    with pytest.raises(AssetError, match="pin a revision"):
+        load_prompt_texts("HuggingFaceH4/Koala-test-set", "test", "prompt")
+    assert host_lookups == []  # refused before any download
     path = _jsonl(tmp_path / "p.jsonl", [{"q": "a"}])
-    with pytest.raises(ValueError, match="revision must be null"):
-        load_prompt_texts(str(path), "v1", "train", "q")
-    with pytest.raises(AssetError, match=r"absent\.jsonl: cannot load"):
-        load_prompt_texts(str(tmp_path / "absent.jsonl"), None, "train", "q")
+    # a local file takes no revision: "@v1" is read as part of its (absent) path
+    with pytest.raises(AssetError, match=r"p\.jsonl@v1(:train)?: cannot load"):
+        load_prompt_texts(f"{path}@v1", "train", "q")
+    with pytest.raises(AssetError, match=r"absent\.jsonl(:train)?: cannot load"):
+        load_prompt_texts(str(tmp_path / "absent.jsonl"), "train", "q")
 
 
 def test_load_prompt_texts_of_a_local_file_makes_no_network_lookup(
@@ -353,7 +400,7 @@ def test_load_prompt_texts_of_a_local_file_makes_no_network_lookup(
 ):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # as in a hand-run notebook
     path = _jsonl(tmp_path / "p.jsonl", [{"q": "a"}, {"q": "b"}])
-    assert load_prompt_texts(str(path), None, "train", "q") == ["a", "b"]
+    assert load_prompt_texts(str(path), "train", "q") == ["a", "b"]
     assert host_lookups == []
 
 
@@ -376,7 +423,8 @@ def test_group_truth_is_the_two_dimensions_scores():
         np.testing.assert_array_equal(gt["majority"], scores[major])
         np.testing.assert_array_equal(gt["minority"], scores[minor])
     gt = group_truth(texts, "P2A", "P2B")
-    np.testing.assert_array_equal(gt["majority"], -np.log([1 + 1, 9 + 1, 11 + 1, 0 + 1, 6 + 1]))
+    hand = -np.log([1 + 1, 9 + 1, 11 + 1, 0 + 1, 6 + 1])  # -log(words + 1)
+    np.testing.assert_allclose(gt["majority"], hand, rtol=1e-12, atol=0)
     for major, minor in (("P1A", "P1B"), ("P2A", "P2B"), ("P3B", "P3A")):
         gt = group_truth(texts, major, minor)
         assert (gt["majority"] == -gt["minority"]).all()  # exact negatives
@@ -464,29 +512,7 @@ def test_psoups_users_need_enough_rows():
 # --------------------------------------------------------------------------- evaluation
 
 
-def _percentile_bootstrap(
-    by_group: dict[str, np.ndarray], n_boot: int, seed: int
-) -> dict[str, tuple[float, float, float]]:
-    """(mean, lo, hi) per group and of the average, by resampling row indices shared by
-    the groups, written out loop by loop."""
-    names = list(by_group)
-    n = len(by_group[names[0]])
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    boots: dict[str, list[float]] = {g: [] for g in [*names, "average"]}
-    for b in range(n_boot):
-        means = [sum(float(by_group[g][i]) for i in idx[b]) / n for g in names]
-        for g, m in zip(names, means, strict=True):
-            boots[g].append(m)
-        boots["average"].append(sum(means) / len(means))
-    out = {}
-    for g in names:
-        out[g] = (sum(by_group[g]) / n, *np.percentile(boots[g], [2.5, 97.5]))
-    avg = sum(sum(by_group[g]) / n for g in names) / len(names)
-    out["average"] = (avg, *np.percentile(boots["average"], [2.5, 97.5]))
-    return out
-
-
-def test_headline_matches_a_brute_force_percentile_bootstrap():
+def test_headline_point_estimates_are_exact_means_inside_their_intervals():
     rng = np.random.default_rng(11)
     outcomes = {
         "single": {
@@ -495,38 +521,73 @@ def test_headline_matches_a_brute_force_percentile_bootstrap():
         },
         "maxmin": {"majority": np.ones(9) * 0.5, "minority": np.arange(9) % 2 * 1.0},
     }
-    table = mt.headline(outcomes, n_boot=300, seed=7)
+    table = headline(outcomes, n_boot=300, seed=7)
     assert list(table.columns) == ["method", "group", "win_rate", "lo", "hi"]
-    assert len(table) == 6
+    assert list(zip(table.method, table.group, strict=True)) == [
+        (m, g) for m in ("single", "maxmin") for g in ("majority", "minority", "average")
+    ]
     for method, by_group in outcomes.items():
-        expected = _percentile_bootstrap(by_group, 300, 7)
-        for g, (mean, lo, hi) in expected.items():
-            row = table[(table.method == method) & (table.group == g)].iloc[0]
-            assert row.win_rate == pytest.approx(mean, abs=1e-12)
-            assert row.lo == pytest.approx(lo, abs=1e-12) and row.hi == pytest.approx(hi, abs=1e-12)
-            assert row.lo <= row.win_rate <= row.hi
-    single = table[table.method == "single"].set_index("group").win_rate
-    assert single["average"] == pytest.approx(
-        (outcomes["single"]["majority"].mean() + outcomes["single"]["minority"].mean()) / 2
-    )
+        rows = table[table.method == method].set_index("group")
+        for g, values in by_group.items():
+            assert rows.win_rate[g] == pytest.approx(sum(values) / len(values), abs=1e-12)
+        hand_avg = sum(sum(v) / len(v) for v in by_group.values()) / len(by_group)
+        assert rows.win_rate["average"] == pytest.approx(hand_avg, abs=1e-12)
+        for g in rows.index:
+            assert rows.lo[g] <= rows.win_rate[g] <= rows.hi[g], (method, g)
+            assert rows.lo[g] >= 0.0 and rows.hi[g] <= 1.0  # means of outcomes in [0, 1]
+    assert table.loc[table.method == "maxmin", "win_rate"].tolist()[1] == pytest.approx(4 / 9)
     constant = table[(table.method == "maxmin") & (table.group == "majority")].iloc[0]
-    assert constant.lo == constant.hi == 0.5
+    assert constant.win_rate == constant.lo == constant.hi == 0.5  # no spread, no interval
+    single = table[table.method == "single"].set_index("group")
+    assert (single.lo < single.hi).all()  # varying outcomes give a real interval
+
+
+def test_headline_is_a_seeded_percentile_bootstrap_over_shared_rows():
+    """One resample of rows serves every group: each group's interval is that column's own
+    percentile bootstrap with the same seed (:func:`bootstrap_ci`), and the average's is
+    the bootstrap of the per-row averages (an average of group means of one resample)."""
+    rng = np.random.default_rng(3)
+    by_group = {g: rng.choice([0.0, 0.5, 1.0], size=40) for g in ("majority", "minority")}
+    table = headline({"m": by_group}, n_boot=500, seed=5).set_index("group")
+    row_avg = (by_group["majority"] + by_group["minority"]) / 2
+    for g, values in [*by_group.items(), ("average", row_avg)]:
+        mean, lo, hi = bootstrap_ci(values, 500, seed=5)
+        assert table.win_rate[g] == pytest.approx(mean, abs=1e-12)
+        assert (table.lo[g], table.hi[g]) == pytest.approx((lo, hi), abs=1e-12), g
+    # seeded: the same seed reproduces the table bitwise, another one moves the bounds
+    pd.testing.assert_frame_equal(
+        headline({"m": by_group}, 500, seed=5).set_index("group"), table, check_exact=True
+    )
+    other = headline({"m": by_group}, 500, seed=6).set_index("group")
+    assert (other.win_rate == table.win_rate).all()
+    assert not np.array_equal(other[["lo", "hi"]], table[["lo", "hi"]])
+    # a percentile interval: a lower level gives a nested, narrower interval
+    narrow = headline({"m": by_group}, 500, seed=5, level=0.5).set_index("group")
+    assert ((table.lo <= narrow.lo) & (narrow.hi <= table.hi)).all()
+    assert ((narrow.hi - narrow.lo) < (table.hi - table.lo)).all()
 
 
 def test_headline_average_resamples_the_same_rows_for_both_groups():
     """Opposed groups: minority = 1 - majority on every row, so every row averages 1/2 and a
-    bootstrap over shared rows gives the degenerate CI [0.5, 0.5]."""
+    bootstrap over shared rows gives the degenerate CI [0.5, 0.5], narrower than either
+    group's (independent resamples of the two groups would spread it)."""
     major = np.array([1.0, 0.0, 1.0, 1.0, 0.5, 0.0, 1.0, 1.0])
-    table = mt.headline({"m": {"majority": major, "minority": 1 - major}}, 200, seed=0)
-    avg = table[table.group == "average"].iloc[0]
-    assert (avg.win_rate, avg.lo, avg.hi) == (0.5, 0.5, 0.5)
-    maj = table[table.group == "majority"].iloc[0]
-    assert maj.win_rate == pytest.approx(5.5 / 8) and maj.lo < maj.hi
+    table = headline({"m": {"majority": major, "minority": 1 - major}}, 200, seed=0)
+    rows = table.set_index("group")
+    assert (rows.win_rate["average"], rows.lo["average"], rows.hi["average"]) == (0.5, 0.5, 0.5)
+    assert rows.win_rate["majority"] == pytest.approx(5.5 / 8)
+    assert rows.win_rate["minority"] == pytest.approx(2.5 / 8)
+    for g in ("majority", "minority"):
+        assert rows.lo[g] < rows.hi[g]
+        assert rows.hi["average"] - rows.lo["average"] < rows.hi[g] - rows.lo[g]
+    # the same resamples: the minority's interval mirrors the majority's
+    assert rows.lo["minority"] == pytest.approx(1 - rows.hi["majority"], abs=1e-12)
+    assert rows.hi["minority"] == pytest.approx(1 - rows.lo["majority"], abs=1e-12)
 
 
 def test_headline_refuses_groups_of_different_lengths():
     with pytest.raises(ValueError, match=r"single: groups have different numbers of outcomes"):
-        mt.headline({"single": {"majority": np.ones(4), "minority": np.ones(3)}}, 10, 0)
+        headline({"single": {"majority": np.ones(4), "minority": np.ones(3)}}, 10, 0)
 
 
 def test_gains_in_points_and_relative_to_the_base():
@@ -567,8 +628,8 @@ def test_gains_in_points_and_relative_to_the_base():
 
 
 def test_proxy_pretrain_config_replaces_steps_and_clips_warmup(tiny_params: Path):
-    recipe = load_stage_config("policy_pretrain", tiny_params, "cpu")
-    assert isinstance(recipe, PolicyPretrainConfig)
+    recipe = load_stage_config("policy_pretrain", PretrainConfig, tiny_params, "cpu")
+    assert isinstance(recipe, PretrainConfig)
     recipe = dataclasses.replace(recipe, warmup_steps=10, max_steps=100)
     long = proxy_pretrain_config(recipe, 50)
     short = proxy_pretrain_config(recipe, 4)
@@ -583,11 +644,156 @@ def test_proxy_pretrain_config_replaces_steps_and_clips_warmup(tiny_params: Path
         assert {k: v for k, v in dataclasses.asdict(new).items() if k in rest} == rest
     assert (recipe.max_steps, recipe.warmup_steps) == (100, 10)  # the recipe is not mutated
     for bad in (0, -3):
-        with pytest.raises(ValueError, match=r"proxy_pretrain_steps must be >= 1"):
+        with pytest.raises(ValueError, match=r"proxy\.pretrain_steps must be >= 1, got "):
             proxy_pretrain_config(recipe, bad)
 
 
+# --------------------------------------------------------------------------- config
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory) -> mt.Config:
+    params = write_params(tmp_path_factory.mktemp("params") / "params.yaml", tiny_params_copy())
+    return load_stage_config("maxmin_tulu2", mt.Config, params, "cpu")
+
+
+@pytest.fixture(scope="module")
+def imdb_sets(cfg, tok) -> dict[str, list[list[int]]]:
+    return mt.prompt_sets(cfg, tok, "packaged")
+
+
+def test_config_of_the_cpu_profile_has_nested_sections_and_leaves_optionals_none(cfg):
+    assert cfg.proxy == ProxySettings(16, 1, 2, 32, 4)
+    assert cfg.generation == GenerationSettings(max_new_tokens=6, temperature=0.7)
+    assert cfg.ppo.n_updates == 2 and cfg.ppo.kl_coef == 0.05  # shared key, cpu override
+    assert cfg.reward_model.max_length == 16
+    assert cfg.n_pref_prompts == 20 and cfg.launcher is None
+    for key in ("psoups_files", "psoups_columns", "ppo_prompt_column", "eval_prompts_split",
+                "eval_prompt_column", "judge_model"):  # fmt: skip
+        assert getattr(cfg, key) is None, key
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"majority": "P4A"}, r"unknown P-SOUPS dimension 'P4A'"),
+        ({"minority": "P1A"}, "must be different dimensions"),
+        ({"proxy": None}, "policy llama_proxy needs the proxy section"),
+        ({"n_pref_prompts": None}, "synthetic preference data needs n_pref_prompts"),
+        ({"preference_data": "data/rlphf"}, r"preference_data 'data/rlphf' needs psoups_files"),
+        ({"judge": "gpt4"}, r"judge 'gpt4' is not ground_truth/reward_model/endpoint"),
+        ({"judge": "endpoint"}, "judge endpoint: name the endpoint's model in judge_model"),
+    ],
+)
+def test_config_refuses_inconsistent_settings(cfg, changes: dict[str, Any], message: str):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(cfg, **changes)
+
+
+def test_config_accepts_the_hub_profile_combinations(cfg):
+    hub = dataclasses.replace(
+        cfg, policy="allenai/tulu-2-7b@abc", proxy=None, preference_data="data/rlphf",
+        psoups_files={"P1A": "P1A.json", "P1B": "P1B.json"}, n_pref_prompts=None,
+        judge="endpoint", judge_model="gpt-4o",
+    )  # fmt: skip
+    assert backbone_spec(hub, "unused").source == "allenai/tulu-2-7b@abc"
+
+
+# --------------------------------------------------------------------------- data and evaluation
+
+
+def test_prompt_sets_from_imdb_have_the_sizes_and_one_length(cfg, tok, imdb_sets):
+    """(Disjoint by review: two reviews may still open with the same 4 tokens.)"""
+    sets = imdb_sets
+    assert {k: len(v) for k, v in sets.items()} == {"pref": 20, "ppo": 8, "eval": 6}
+    rows = [p for v in sets.values() for p in v]
+    assert {len(p) for p in rows} == {cfg.prompt_tokens + 1}  # EOS + prompt_tokens
+    assert all(p[0] == tok.eos_token_id for p in rows)
+    assert mt.prompt_sets(cfg, tok, "packaged") == sets  # seeded
+
+
+def test_synthetic_comparisons_are_labelled_on_the_training_pairs(cfg, tok, proxy, imdb_sets):
+    pref = imdb_sets["pref"]
+    data = mt.comparisons(cfg, tok, proxy, pref)
+    pairs, labels = data.pairs, data.labels
+    assert pairs is not None and labels is not None
+    n = (cfg.users_majority + cfg.users_minority) * cfg.comparisons_per_user
+    assert len(data.chosen) == len(data.rejected) == n
+    assert pairs.n_train == 16 and len(pairs.a) == 20
+    assert labels.pair.max() < pairs.n_train  # held-out pairs are never labelled
+    np.testing.assert_array_equal(data.user_of, labels.user)
+    np.testing.assert_array_equal(data.user_group, [0] * 4 + [1] * 2)
+    again = pairs.label(
+        [cfg.users_majority, cfg.users_minority], cfg.comparisons_per_user, cfg.label_beta,
+        cfg.seed, zscore_over="train",
+    )  # fmt: skip
+    np.testing.assert_array_equal(again.a_wins, labels.a_wins)
+    assert (data.chosen, data.rejected) == pairs.comparisons(labels)
+    # the groups' ground truth is the dimensions' scores of the continuations only
+    pd.testing.assert_frame_equal(
+        pairs.truth_a, group_truth(pairs.a.continuations, cfg.majority, cfg.minority)
+    )
+
+
+def test_evaluate_arm_of_the_reference_itself_ties_everywhere(cfg, tok, proxy):
+    ids = chat_prompt_ids(tok, TEXTS, N_TOKENS)
+    gen = cfg.generation
+    ref_eval = sample_rollouts(proxy, tok, ids, gen.max_new_tokens, gen.temperature, cfg.seed + 4)
+    wins, row = mt.evaluate_arm(proxy, proxy, tok, cfg, ids, ref_eval, judges=None)
+    assert list(wins.columns) == list(GROUPS) and len(wins) == len(TEXTS)
+    assert (wins == 0.5).all().all()  # same policy, same seed: the same answers
+    assert row["majority_win_rate"] == row["minority_win_rate"] == 0.5
+    truth = mt.truth_of(cfg)(ref_eval)
+    for g in GROUPS:
+        assert row[f"{g}_truth"] == pytest.approx(float(truth[g].mean()), abs=1e-12)
+    grade = -dimension_scores(ref_eval.continuations)["P1A"].mean()
+    assert row["grade"] == pytest.approx(float(grade), abs=1e-12)
+    assert row["kl"] == 0.0  # bitwise on purpose: one network, the same rows
+    assert row["mean_tokens"] == pytest.approx(float(ref_eval.n_tokens.mean()))
+
+
+def test_evaluate_arm_asks_each_groups_judge_with_decoded_prompts(cfg, tok, proxy):
+    ids = chat_prompt_ids(tok, TEXTS, N_TOKENS)
+    ref_eval = sample_rollouts(proxy, tok, ids, 3, 0.7, seed=1)
+    asked: dict[str, tuple] = {}
+
+    class Fixed:
+        def __init__(self, group: str, outcome: float) -> None:
+            self.group, self.outcome = group, outcome
+
+        def compare(self, prompts, answers, references):
+            asked[self.group] = (prompts, answers, references)
+            return np.full(len(prompts), self.outcome)
+
+    judges = {"majority": Fixed("majority", 1.0), "minority": Fixed("minority", 0.25)}
+    wins, row = mt.evaluate_arm(proxy, proxy, tok, cfg, ids, ref_eval, judges)
+    assert row["majority_win_rate"] == 1.0 and row["minority_win_rate"] == 0.25
+    assert wins["majority"].tolist() == [1.0] * 4 and wins["minority"].tolist() == [0.25] * 4
+    prompts, answers, references = asked["minority"]
+    assert prompts == [chat(t) for t in TEXTS]  # PAD removed, template kept
+    assert references == ref_eval.continuations and len(answers) == len(TEXTS)
+
+
+def test_judges_for_each_setting(cfg, monkeypatch):
+    assert mt.judges_for(cfg, {}) is None  # ground truth: no judge
+    scores = {g: (lambda texts, g=g: np.zeros(len(texts))) for g in GROUPS}
+    rm = mt.judges_for(dataclasses.replace(cfg, judge="reward_model"), scores)
+    assert set(rm) == set(GROUPS)
+    assert all(rm[g].score is scores[g] for g in GROUPS)
+    monkeypatch.setenv("PLURALIGN_JUDGE_URL", "http://localhost:1/v1")
+    monkeypatch.setenv("PLURALIGN_JUDGE_KEY", "k")
+    endpoint = mt.judges_for(
+        dataclasses.replace(cfg, judge="endpoint", judge_model="m", minority="P3B"), scores
+    )
+    assert endpoint["majority"].instruction == DIMENSIONS["P1A"].description
+    assert endpoint["minority"].instruction == DIMENSIONS["P3B"].description
+    assert endpoint["minority"].model == "m"
+
+
 # --------------------------------------------------------------------------- arms
+
+
+GENERATION = GenerationSettings(max_new_tokens=4, temperature=0.7)
 
 
 def _spec(root: Path, backbone: BackboneSpec, **changes: Any) -> ArmSpec:
@@ -597,8 +803,6 @@ def _spec(root: Path, backbone: BackboneSpec, **changes: Any) -> ArmSpec:
         num_mini_batches=2,
         num_ppo_epochs=1,
         learning_rate=1e-2,
-        response_length=4,
-        temperature=0.7,
         checkpoint_every=1,
     )
     base = {
@@ -613,6 +817,7 @@ def _spec(root: Path, backbone: BackboneSpec, **changes: Any) -> ArmSpec:
         "majority": "P1A",
         "minority": "P1B",
         "settings": dataclasses.asdict(settings),
+        "generation": dataclasses.asdict(GENERATION),
         "policy_lora_r": 4,
         "value_lora_r": 4,
         "rm_max_length": 32,
@@ -624,22 +829,24 @@ def _spec(root: Path, backbone: BackboneSpec, **changes: Any) -> ArmSpec:
 
 
 def test_arm_spec_round_trips_through_json(tmp_path: Path):
-    backbone = BackboneSpec("allenai/tulu-2-7b", "abc123", 8, True, True)
+    backbone = BackboneSpec("allenai/tulu-2-7b@abc123", 8, True, True)
     spec = _spec(tmp_path, backbone, prompt_ids=[[1, 2, 3], [4, 5, 6]], probe_ids=[[7, 8, 9]])
     file = spec.write(tmp_path / "spec.json")
     raw = json.loads(file.read_text())
     assert raw["backbone"] == {
-        "source": "allenai/tulu-2-7b",
-        "revision": "abc123",
+        "source": "allenai/tulu-2-7b@abc123",
         "load_in_bits": 8,
         "bf16": True,
         "gradient_checkpointing": True,
     }
     assert raw["prompt_ids"] == [[1, 2, 3], [4, 5, 6]] and raw["settings"]["batch_size"] == 4
+    assert raw["generation"] == {"max_new_tokens": 4, "temperature": 0.7}
     back = ArmSpec.read(file)
     assert isinstance(back.backbone, BackboneSpec)
     assert back == spec
     assert back != dataclasses.replace(spec, seed=1)  # equality looks at the fields
+    assert PPOSettings(**back.settings) == PPOSettings(**spec.settings)
+    assert GenerationSettings(**back.generation) == GENERATION
 
 
 @pytest.fixture(scope="module")
@@ -666,7 +873,10 @@ def test_train_arm_writes_adapter_log_and_timing(arm: ArmSpec):
     assert (out / "adapter" / "adapter_config.json").is_file()
     rows = json.loads((out / "log.json").read_text())
     assert [r["update"] for r in rows] == [1, 2]
-    assert {(r["run"], r["method"], r["seed"]) for r in rows} == {("single-seed0", "single", 0)}
+    assert {(r["run"], r["reward_rule"], r["seed"]) for r in rows} == {
+        ("single-seed0", "single", 0)
+    }
+    assert "method" not in rows[0]  # the notebook's method names the arm, not the rule
     for r in rows:  # checkpoint_every = 1: every row is a checkpoint
         assert np.isfinite(r["gt_majority"]) and np.isfinite(r["gt_minority"])
         assert r["gt_majority"] == -r["gt_minority"]  # P1A and P1B are exact opposites
@@ -685,15 +895,11 @@ def test_train_arm_adapter_is_trained_and_its_probe_is_reproducible(tok, arm: Ar
     assert all(torch.count_nonzero(v) == 0 for v in b_fresh.values())
     assert any(torch.count_nonzero(v) > 0 for v in b_trained.values())
     # The last checkpoint probed the final policy: redo it from the saved adapter by hand.
-    settings = PPOSettings(**arm.settings)
-    roll = mt.sample(
-        trained.eval(),
-        tok,
-        arm.probe_ids,
-        settings.response_length,
-        settings.temperature,
-        arm.seed + 5,
+    gen = GenerationSettings(**arm.generation)
+    roll = sample_rollouts(
+        trained.eval(), tok, arm.probe_ids, gen.max_new_tokens, gen.temperature, arm.seed + 5
     )
+    assert roll.n_tokens.max() <= gen.max_new_tokens
     scores = dimension_scores(roll.continuations)
     last = json.loads((Path(arm.output_dir) / "log.json").read_text())[-1]
     assert last["gt_majority"] == pytest.approx(float(scores["P1A"].mean()), abs=1e-12)
@@ -707,7 +913,7 @@ def test_train_arm_does_not_rerun_a_finished_arm(arm: ArmSpec, monkeypatch, tmp_
     def boom(*args, **kwargs):
         raise AssertionError("a finished arm was trained again")
 
-    monkeypatch.setattr(mg, "train_policy", boom)
+    monkeypatch.setattr(mt, "train_policy", boom)
     assert train_arm(arm) == Path(arm.output_dir)
     spec_file = tmp_path / "spec.json"
     assert launch_arm(arm, spec_file, None) == Path(arm.output_dir)
@@ -773,7 +979,7 @@ def test_launch_arm_with_a_launcher_runs_accelerate_on_the_written_spec(
         "--config_file",
         "configs/accelerate/multi_gpu.yaml",
         "-m",
-        "pluralign.maxmin_tulu2",
+        "pluralign.experiments.maxmin_tulu2",
         str(spec_file),
     ]
     other = dataclasses.replace(spec, output_dir=str(tmp_path / "never"))
@@ -793,3 +999,21 @@ def test_main_trains_the_spec_read_from_its_file(arm: ArmSpec, monkeypatch, tmp_
     assert main([str(file), "--progress"]) == 0
     assert seen == [(arm, True)]
     assert f"arm written to {arm.output_dir}" in capsys.readouterr().out
+
+
+def test_evaluate_arm_shows_judges_the_prompt_the_policy_saw_when_unk_pads(cfg, tmp_path):
+    tok = load_chat_tokenizer(str(_wordlevel_folder(tmp_path / "t", unk="<unk>")))
+    ids = chat_prompt_ids(tok, ["hello zzz world"], 12)
+    body = tok(chat("hello zzz world"))["input_ids"]
+    assert tok.unk_token_id in body and ids[0][0] == tok.pad_token_id
+    policy = build_llama_proxy(tok, seed=0, **SHAPE)
+    ref_eval = sample_rollouts(policy, tok, ids, 2, 0.7, seed=0)
+    asked: list[list[str]] = []
+
+    class Tie:
+        def compare(self, prompts, answers, references):
+            asked.append(list(prompts))
+            return np.full(len(prompts), 0.5)
+
+    mt.evaluate_arm(policy, policy, tok, cfg, ids, ref_eval, {g: Tie() for g in GROUPS})
+    assert asked[0] == [tok.decode(body)]  # leading padding gone, the inner UNK kept

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import datasets.config
 import numpy as np
 import pytest
-from helpers import TINY_PARAMS, write_params
-from test_pipeline import ROOT, _run
-from pluralign.pipeline.assets import load_gpt2_tokenizer
-from pluralign.training.llama_proxy import build_llama_proxy
+from helpers import TINY_PARAMS, run_stage, write_params
+
 from pluralign.data.preferences import load_prompt_texts
 from pluralign.data.psoups import load_psoups, psoups_users
 from pluralign.data.text import chat_prompt_ids
+from pluralign.pipeline.assets import load_gpt2_tokenizer
+from pluralign.pipeline.io import flatten
+from pluralign.training.llama_proxy import build_llama_proxy
 
 COLUMNS = {"prompt": "instruction", "chosen": "better", "rejected": "worse"}
 
@@ -45,16 +44,7 @@ def _release(folder: Path) -> Path:
     return folder
 
 
-def _cfg(data: Path, **changes) -> SimpleNamespace:
-    base = {
-        "majority": "P1A",
-        "minority": "P1B",
-        "preference_data": str(data),
-        "psoups_revision": None,
-        "psoups_files": {"P1A": "P1A.json", "P1B": "P1B.json"},
-        "psoups_columns": COLUMNS,
-    }
-    return SimpleNamespace(**(base | changes))
+FILES = {"P1A": "P1A.json", "P1B": "P1B.json"}
 
 
 @pytest.fixture
@@ -67,7 +57,7 @@ def offline_loads(tmp_path: Path, monkeypatch, host_lookups: list[str]) -> list[
 def test_load_psoups_reads_both_groups_files_with_the_column_mapping(
     tmp_path: Path, offline_loads: list[str]
 ):
-    files = load_psoups(_cfg(_release(tmp_path / "rlphf")))
+    files = load_psoups(_release(tmp_path / "rlphf"), FILES, ("P1A", "P1B"), COLUMNS)
     assert list(files) == ["P1A", "P1B"]
     assert files["P1A"].column_names == ["prompt", "chosen", "rejected"]
     assert files["P1A"]["prompt"] == [f"P1A prompt {i}" for i in range(8)]
@@ -77,13 +67,13 @@ def test_load_psoups_reads_both_groups_files_with_the_column_mapping(
 
 
 def test_load_psoups_names_a_dimension_without_a_file(tmp_path: Path, offline_loads):
-    cfg = _cfg(_release(tmp_path / "rlphf"), psoups_files={"P1A": "P1A.json"})
+    folder = _release(tmp_path / "rlphf")
     with pytest.raises(ValueError, match="psoups_files: no file for dimension P1B"):
-        load_psoups(cfg)
+        load_psoups(folder, {"P1A": "P1A.json"}, ("P1A", "P1B"), COLUMNS)
 
 
 def test_psoups_users_on_the_loaded_release(tmp_path: Path, offline_loads):
-    files = load_psoups(_cfg(_release(tmp_path / "rlphf")))
+    files = load_psoups(_release(tmp_path / "rlphf"), FILES, ("P1A", "P1B"), COLUMNS)
     chosen, rejected, user_of, user_group, groups = psoups_users(
         files, {"P1A": 3, "P1B": 2}, 2, seed=0
     )
@@ -106,18 +96,13 @@ def test_instruction_file_to_chat_prompts(tmp_path: Path, offline_loads):
     tok = load_gpt2_tokenizer(max_merges=300)
     rows = [{"instruction": "Say hi."}, {"instruction": "Why? " * 20}, {"instruction": "Go."}]
     path = _jsonl(tmp_path / "alpaca_gpt4_10k.json", rows)
-    texts = load_prompt_texts(str(path), None, "train", "instruction")
+    texts = load_prompt_texts(str(path), "train", "instruction")
     ids = chat_prompt_ids(tok, texts, 24)
     assert len(ids) == 2  # the long instruction is dropped
     for row, text in zip(ids, ["Say hi.", "Go."], strict=True):
         body = tok(f"<|user|>\n{text}\n<|assistant|>\n")["input_ids"]
         assert len(row) == 24 and row[-len(body) :] == body
         assert set(row[: -len(body)]) == {tok.pad_token_id}
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
 
 
 def test_notebook_05_hub_path_runs_on_local_standins(tmp_path: Path) -> None:
@@ -162,25 +147,16 @@ def test_notebook_05_hub_path_runs_on_local_standins(tmp_path: Path) -> None:
     }
     params_file = write_params(tmp_path / "params.yaml", params)
     out = tmp_path / "out"
-    proc, attempts = _run(
-        [
-            sys.executable,
-            "-m",
-            "pluralign.run_notebook",
-            str(ROOT / "notebooks" / "05_maxmin_ppo_tulu2.ipynb"),
-            "--params-file",
-            str(params_file),
-            "--output-root",
-            str(out),
-        ],
-        tmp_path,
-    )
+    proc, attempts = run_stage("05_maxmin_ppo_tulu2", params_file, out, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert attempts == []
     metrics = json.loads((out / "results/metrics/05_maxmin_ppo_tulu2.json").read_text())
-    assert "proxy_perplexity" not in metrics  # no proxy pretraining on this path
+    flat = flatten(metrics)
+    assert not any(k.startswith("proxy.") for k in flat)  # no proxy pretraining on this path
     assert not (out / "models" / "llama_proxy").exists()
-    for method in ("single", "maxmin"):
+    for method in ("single", "maxmin", "maxmin_true"):
         for group in ("majority", "minority", "average"):
-            assert 0.0 <= metrics[f"win_{method}_{group}"] <= 1.0
-    assert not any(k.startswith("rm_acc_") for k in metrics)  # no planted truth on this path
+            run = metrics["runs"][method][group]
+            assert 0.0 <= run["lo"] <= run["win_rate"] <= run["hi"] <= 1.0, (method, group)
+    assert not any(k.startswith("rm_accuracy.") for k in flat)  # no planted truth here
+    assert metrics["opposed_dimensions"] is True  # P1A vs P1B

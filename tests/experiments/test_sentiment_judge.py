@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 
-from pluralign.assets import sentence_encoder_path
-from pluralign.training.models import load_tokenizer
-from pluralign.config import SentimentJudgeConfig
+import pluralign.experiments.sentiment_judge as sentiment_judge
+from pluralign.experiments.sentiment_judge import Config, build_splits, train_and_evaluate
+from pluralign.pipeline.assets import AssetError, packaged_minilm
 from pluralign.pipeline.config import load_stage_config
-from pluralign.experiments.sentiment_judge import build_splits
-from pluralign.sentiment_judge import train_and_evaluate
+from pluralign.training.models import load_tokenizer
 from pluralign.training.sentiment import SentimentJudge, positive_index
 
 
@@ -27,8 +27,9 @@ def test_positive_index_reads_the_label_names() -> None:
 
 
 def test_splits_are_disjoint_and_seeded(tiny_params: Path) -> None:
-    cfg = load_stage_config("sentiment_judge", tiny_params)
-    assert isinstance(cfg, SentimentJudgeConfig)
+    cfg = load_stage_config("sentiment_judge", Config, tiny_params)
+    assert isinstance(cfg, Config)
+    assert (cfg.imdb, cfg.rotten_tomatoes) == ("packaged", "packaged")
     a, b = build_splits(cfg), build_splits(cfg)
     assert a.train_text == b.train_text
     train = set(a.train_text)
@@ -40,12 +41,29 @@ def test_splits_are_disjoint_and_seeded(tiny_params: Path) -> None:
         build_splits(dataclasses.replace(cfg, train_rotten_tomatoes=9000))
 
 
+def test_splits_refuse_an_unpinned_hub_rotten_tomatoes(
+    tiny_params: Path, host_lookups: list[str], monkeypatch
+) -> None:
+    """The Rotten Tomatoes source is its own param now; a hub name needs ``@revision``
+    (IMDB is replaced by a small stand-in: only the second source is under test)."""
+    cfg = load_stage_config("sentiment_judge", Config, tiny_params)
+    n = cfg.train_imdb + cfg.eval_imdb
+    imdb = Dataset.from_dict(
+        {"text": [f"review {i}" for i in range(n)], "label": [i % 2 for i in range(n)]}
+    )
+    monkeypatch.setattr(sentiment_judge, "load_imdb", lambda name: imdb)
+    name = "cornell-movie-review-data/rotten_tomatoes"
+    with pytest.raises(AssetError, match=rf"pin a revision \({name}@<commit or tag>\)"):
+        build_splits(dataclasses.replace(cfg, rotten_tomatoes=name))
+    assert host_lookups == []
+
+
 @pytest.fixture
 def distilbert_standin(tmp_path: Path) -> Path:
     """A tiny DistilBERT classifier named like lvwerra/distilbert-imdb (labels NEG/POS)."""
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    tokenizer = load_tokenizer(sentence_encoder_path())
+    tokenizer = load_tokenizer(packaged_minilm())
     torch.manual_seed(0)
     config = DistilBertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -66,7 +84,7 @@ def test_paper_path_only_evaluates_a_ready_classifier(
     tiny_params: Path, distilbert_standin: Path, tmp_path: Path
 ) -> None:
     cfg = dataclasses.replace(
-        load_stage_config("sentiment_judge", tiny_params),
+        load_stage_config("sentiment_judge", Config, tiny_params),
         base_model=str(distilbert_standin),
         max_steps=0,
     )

@@ -1,4 +1,5 @@
-"""The case study's pieces (themes, edits, clones, comparisons) and a tiny end-to-end run."""
+"""Notebook 02 (weighted_mle), the case study: its pieces (themes, edits, clones,
+comparisons) and a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -8,10 +9,23 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers import TINY_PARAMS
-from pluralign.config import WeightedMLEConfig
-from pluralign.pipeline.config import from_mapping
+
 from pluralign.core.stats import mean_ci
-from pluralign.experiments.weighted_mle import EDITS, THEMES, TYPES, clone_candidates, make_clones, run_case_study, sample_comparisons, select_snippets, theme_level_mle, theme_of, utility_matrix
+from pluralign.experiments.weighted_mle import (
+    EDITS,
+    THEMES,
+    TYPES,
+    Config,
+    clone_candidates,
+    make_clones,
+    run_case_study,
+    sample_comparisons,
+    select_snippets,
+    theme_level_mle,
+    theme_of,
+    utility_matrix,
+)
+from pluralign.pipeline.config import from_mapping, profile_section
 
 REVIEWS = [
     "The acting was superb in every scene. I loved the plot twists until the very end.",
@@ -26,10 +40,11 @@ REVIEWS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_cfg() -> WeightedMLEConfig:
-    return from_mapping(
-        WeightedMLEConfig, {**TINY_PARAMS["weighted_mle"], "profile": "cpu"}, "weighted_mle"
-    )
+def tiny_cfg() -> Config:
+    """The tiny params' ``weighted_mle`` section for the cpu profile (shared keys, then the
+    profile's overrides), loaded as strictly as the notebook loads it."""
+    section = profile_section(TINY_PARAMS["weighted_mle"], "cpu", "weighted_mle", Config)
+    return from_mapping(Config, {**section, "profile": "cpu"}, "weighted_mle")
 
 
 # --------------------------------------------------------------------------- themes
@@ -132,7 +147,7 @@ def test_sample_comparisons_counts_types_and_bt_outcomes():
 
 def test_mean_ci_known_answer():
     mean, _, hi = mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0
+    assert mean == pytest.approx(2.0)
     assert hi - mean == pytest.approx(4.302652729911275 / np.sqrt(3))  # t_{0.975, 2} * sd/sqrt(n)
 
 

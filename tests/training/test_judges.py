@@ -10,8 +10,15 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
+
 from pluralign.core.stats import win_rate, win_rate_ci
-from pluralign.training.judges import ChatEndpointJudge, JudgeError, RewardModelJudge, group_win_rates, parse_verdict
+from pluralign.training.judges import (
+    ChatEndpointJudge,
+    JudgeError,
+    RewardModelJudge,
+    group_win_rates,
+    parse_verdict,
+)
 
 KEY = "sk-test-123"
 
@@ -214,9 +221,9 @@ def test_http_errors_surface_clearly_and_retries_are_bounded(stub):
 
     failures = iter([(503, b"busy"), (503, b"busy")])
     stub.responder = lambda body: next(failures, None) or _reply("A")
-    assert ChatEndpointJudge("m", "c", swap=False, backoff_s=0.0).compare(
-        ["p"], ["a"], ["b"]
-    ) == [1.0]
+    assert ChatEndpointJudge("m", "c", swap=False, backoff_s=0.0).compare(["p"], ["a"], ["b"]) == [
+        1.0
+    ]
     assert len(stub.requests) == 4  # 1 + two 503s + the success
 
     stub.responder = lambda body: (503, b"still busy")

@@ -9,9 +9,9 @@ import torch
 from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
 from pluralign.pipeline.assets import load_gpt2_tokenizer
-from pluralign.training.models import load_causal_lm, load_sequence_classifier
-from pluralign.training.llama_proxy import build_llama_proxy, llama_proxy_config
 from pluralign.training.generation import sample_continuations
+from pluralign.training.llama_proxy import build_llama_proxy, llama_proxy_config
+from pluralign.training.models import load_causal_lm, load_sequence_classifier
 
 HIDDEN, LAYERS = 32, 2
 

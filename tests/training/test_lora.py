@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,10 +11,26 @@ import torch
 from helpers import tiny_gpt2
 from peft import PeftModel
 from transformers import BitsAndBytesConfig, LlamaForCausalLM, LlamaForSequenceClassification
-from pluralign.pipeline.assets import load_gpt2_tokenizer
-from pluralign.training.models import load_sequence_classifier
+
+from pluralign.pipeline.assets import AssetError, load_gpt2_tokenizer
+from pluralign.training import lora
 from pluralign.training.llama_proxy import build_llama_proxy
-from pluralign.training.lora import llama_lora_parameter_count, lora_parameter_count, lora_target_modules, policy_lora_config, quantization_config, reward_lora_config, trainable_parameters, with_lora
+from pluralign.training.lora import (
+    BackboneSpec,
+    llama_lora_parameter_count,
+    load_base_policy,
+    lora_classifier,
+    lora_parameter_count,
+    lora_policy,
+    lora_target_modules,
+    policy_lora_config,
+    quantization_config,
+    reward_lora_config,
+    save_adapter,
+    trainable_parameters,
+    with_lora,
+)
+from pluralign.training.models import load_sequence_classifier
 
 HIDDEN, LAYERS = 32, 2
 # peft 0.21.2 reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates.
@@ -242,3 +259,67 @@ def test_quantization_errors_and_configs(monkeypatch) -> None:
     assert four.load_in_4bit and not four.load_in_8bit
     assert four.bnb_4bit_quant_type == "nf4"
     assert four.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+# --------------------------------------------------------------------------- LoRA backbones (05)
+
+
+def test_backbone_spec_has_one_source_and_no_revision_field() -> None:
+    """The revision lives in the source (``name@commit``), resolved by the one source rule."""
+    assert [f.name for f in dataclasses.fields(BackboneSpec)] == [
+        "source",
+        "load_in_bits",
+        "bf16",
+        "gradient_checkpointing",
+    ]
+    assert BackboneSpec("x").kwargs() == {}
+    assert BackboneSpec("x", bf16=True).kwargs() == {"dtype": torch.bfloat16}
+    assert dataclasses.asdict(BackboneSpec("a/b@c0ffee")) == {
+        "source": "a/b@c0ffee",
+        "load_in_bits": None,
+        "bf16": False,
+        "gradient_checkpointing": False,
+    }
+
+
+def test_backbone_spec_refuses_an_unpinned_hub_name(tok, host_lookups) -> None:
+    spec = BackboneSpec("allenai/tulu-2-7b")
+    with pytest.raises(AssetError, match=r"allenai/tulu-2-7b@<commit or tag>"):
+        load_base_policy(spec, tok.pad_token_id)
+    with pytest.raises(AssetError, match="pin a revision"):
+        lora_classifier(spec, tok.pad_token_id, r=4)
+    assert host_lookups == []
+
+
+def test_backbone_loaders_on_a_local_proxy(tok, folder: Path, batch, tmp_path: Path) -> None:
+    spec = BackboneSpec(str(folder))
+    base = load_base_policy(spec, tok.pad_token_id)
+    assert isinstance(base, LlamaForCausalLM)
+    assert base.config.pad_token_id == base.generation_config.pad_token_id == tok.pad_token_id
+    assert trainable_parameters(base)[0] == sum(p.numel() for p in base.parameters())
+
+    policy = lora_policy(spec, tok.pad_token_id, r=4)
+    assert isinstance(policy, PeftModel)
+    assert trainable_parameters(policy)[0] == llama_lora_parameter_count(LAYERS, HIDDEN, 4)
+    with torch.no_grad():  # a fresh adapter: the base policy's logits
+        torch.testing.assert_close(policy(**batch).logits, base(**batch).logits, rtol=0, atol=1e-6)
+
+    torch.manual_seed(0)
+    rm = lora_classifier(spec, tok.pad_token_id, r=4)
+    assert rm.config.pad_token_id == tok.pad_token_id
+    trainable = {n for n, p in rm.named_parameters() if p.requires_grad}
+    assert "base_model.model.score.modules_to_save.default.weight" in trainable
+    _one_adam_step(rm, lambda m: m(**batch).logits.sum())
+    saved = save_adapter(rm, tmp_path / "rm")
+    assert (saved / "adapter_config.json").is_file()
+    reloaded = lora_classifier(spec, tok.pad_token_id, r=4, adapter_dir=saved)
+    assert not reloaded.training
+    assert not any(p.requires_grad for p in reloaded.parameters())  # for scoring only
+    rm.eval()
+    with torch.no_grad():  # the trained adapter and head come back
+        torch.testing.assert_close(reloaded(**batch).logits, rm(**batch).logits, rtol=0, atol=1e-6)
+
+    saved_policy = save_adapter(policy, tmp_path / "policy")
+    again = lora_policy(spec, tok.pad_token_id, r=4, adapter_dir=saved_policy)
+    assert isinstance(again, PeftModel)
+    assert not any(p.requires_grad for p in again.parameters())

@@ -14,11 +14,18 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
-from pluralign.assets import sentence_encoder_path
-from pluralign.pipeline.assets import load_gpt2_tokenizer
-from pluralign.core.mixture import fit_em, user_log_likelihoods
-from pluralign.training.neural_mixture import fit_neural_em
-from pluralign.training.reward_models import WeightedRewardTrainer, reward_config, score_texts, tokenize_pairs, train_reward_model
+from pluralign.core import mixture
+from pluralign.core.mixture import fit_em, soft_e_step, user_log_likelihoods
+from pluralign.pipeline.assets import load_gpt2_tokenizer, packaged_minilm
+from pluralign.training import neural_mixture
+from pluralign.training.neural_mixture import NeuralEMResult, fit_neural_em
+from pluralign.training.reward_models import (
+    WeightedRewardTrainer,
+    reward_config,
+    score_texts,
+    tokenize_pairs,
+    train_reward_model,
+)
 
 COLORS = ("red", "blue", "green", "white")
 THINGS = ("car", "house", "apple", "door", "boat")
@@ -28,7 +35,7 @@ FAST = {"learning_rate": 3e-3, "num_train_epochs": 3, "per_device_train_batch_si
 
 @pytest.fixture(scope="module")
 def bert_tok():
-    return AutoTokenizer.from_pretrained(sentence_encoder_path())
+    return AutoTokenizer.from_pretrained(packaged_minilm())
 
 
 def tiny_bert(tok) -> BertForSequenceClassification:
@@ -234,3 +241,64 @@ def test_neural_em_validates_input(bert_tok):
 
     with pytest.raises(ValueError, match="num_labels=1"):
         fit_neural_em(chosen, rejected, users, 2, bad, bert_tok)
+
+
+def test_fit_neural_em_runs_the_linear_em_loop_and_keeps_its_bookkeeping(bert_tok, monkeypatch):
+    """fit_neural_em is core.mixture.run_em with a neural M-step: its result is the loop's
+    trace; soft EM's ``weights`` are the pi of the last E-step (so the training objective is
+    the mixture log-likelihood of the training users), and ``initial`` is the start."""
+    assert neural_mixture.run_em is mixture.run_em  # one loop, not a copy
+    traces = []
+
+    def spy(*args, **kwargs):
+        traces.append(mixture.run_em(*args, **kwargs))
+        return traces[-1]
+
+    monkeypatch.setattr(neural_mixture, "run_em", spy)
+    chosen, rejected, users, _ = planted(n_users=6, per_user=8, seed=2)
+    init = np.array([1, 0, 0, 1, 1, 0])
+    fast = {**FAST, "num_train_epochs": 1}
+    res = fit_neural_em(
+        chosen,
+        rejected,
+        users,
+        2,
+        lambda k: tiny_bert(bert_tok),
+        bert_tok,
+        hard=False,
+        n_iter=3,
+        tol=0.0,
+        init=init,
+        max_length=16,
+        train_args=fast,
+    )
+    assert isinstance(res, NeuralEMResult) and len(traces) == 1
+    (trace,) = traces
+    assert res.log_likelihood is trace.log_likelihood and res.n_iter == 3
+    assert res.assignments is trace.assignments and res.converged == trace.converged
+    assert res.weights is trace.weights and res.responsibilities is trace.responsibilities
+    assert len(res.train_logs) == 3 and all(len(logs) == 2 for logs in res.train_logs)
+    np.testing.assert_array_equal(res.initial, init)
+    # weights = the pi of the last E-step: rescoring the training users gives the objective
+    # and the responsibilities back (not with gamma.mean(axis=0), which is one step later).
+    margins = res.margins(chosen, rejected)
+    _, uidx = np.unique(users, return_inverse=True)
+    S = user_log_likelihoods(margins, uidx, np.ones(len(chosen)), 6)
+    gamma, ll_h = soft_e_step(S, res.weights)
+    assert res.log_likelihood[-1] == pytest.approx(ll_h.sum(), rel=1e-9)
+    assert res.log_likelihood_of(chosen, rejected, users) == pytest.approx(ll_h.sum(), rel=1e-9)
+    np.testing.assert_allclose(res.responsibilities, gamma, rtol=1e-9, atol=1e-12)
+    # the round robin start is recorded when no init is given
+    hard = fit_neural_em(
+        chosen,
+        rejected,
+        users,
+        2,
+        lambda k: tiny_bert(bert_tok),
+        bert_tok,
+        n_iter=1,
+        max_length=16,
+        train_args=fast,
+    )
+    np.testing.assert_array_equal(hard.initial, np.arange(6) % 2)
+    np.testing.assert_allclose(hard.weights, np.bincount(hard.assignment, minlength=2) / 6)

@@ -7,18 +7,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_gpt2
 from datasets import Dataset
+from helpers import tiny_gpt2
 from transformers import GPT2LMHeadModel
-from pluralign.pipeline.assets import load_gpt2_tokenizer
-from pluralign.core.maxmin import Normalizer
-from pluralign.training.reward_adapter import TextRewardAdapter
-from pluralign.training.ppo import PPOSettings, run_ppo
-from pluralign.training.ppo import _save_chunk, value_model_from
 
-SETTINGS = PPOSettings(
-    n_updates=4, batch_size=8, response_length=10, checkpoint_every=2, learning_rate=1e-3
+from pluralign.core.maxmin import Normalizer
+from pluralign.pipeline.assets import load_gpt2_tokenizer
+from pluralign.training import ppo
+from pluralign.training.generation import GenerationSettings
+from pluralign.training.ppo import (
+    PPOSettings,
+    _save_chunk,
+    completed_updates,
+    run_ppo,
+    train_policy,
+    value_model_from,
 )
+from pluralign.training.reward_adapter import TextRewardAdapter
+
+SETTINGS = PPOSettings(n_updates=4, batch_size=8, checkpoint_every=2, learning_rate=1e-3)
+GENERATION = GenerationSettings(max_new_tokens=10, temperature=0.7)
+SHORT = GenerationSettings(max_new_tokens=8, temperature=0.7)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +67,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tok, tmp_path: Path, mon
         prompts(tok),
         adapter(tok),
         SETTINGS,
+        GENERATION,
         tmp_path / "a",
         0,
         on_checkpoint=probe,
@@ -74,7 +84,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tok, tmp_path: Path, mon
         real_save(path, *args)
         raise KeyboardInterrupt  # killed right after the first checkpoint
 
-    monkeypatch.setattr(ppo_runner, "_save_chunk", save_then_die)
+    monkeypatch.setattr(ppo, "_save_chunk", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_ppo(
             policy(tok),
@@ -82,13 +92,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tok, tmp_path: Path, mon
             prompts(tok),
             adapter(tok),
             SETTINGS,
+            GENERATION,
             tmp_path / "b",
             0,
             on_checkpoint=probe,
         )
     assert (tmp_path / "b" / "chunk-0000" / "log.json").is_file()
     assert not (tmp_path / "b" / "chunk-0001").exists()
-    monkeypatch.setattr(ppo_runner, "_save_chunk", real_save)
+    assert completed_updates(tmp_path / "b", SETTINGS) == 2
+    monkeypatch.setattr(ppo, "_save_chunk", real_save)
 
     resumed_adapter = adapter(tok)
     resumed, log = run_ppo(
@@ -97,11 +109,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tok, tmp_path: Path, mon
         prompts(tok),
         resumed_adapter,
         SETTINGS,
+        GENERATION,
         tmp_path / "b",
         0,
         on_checkpoint=probe,
     )
     assert len(resumed_adapter.history) == 2  # only the second chunk was trained again
+    assert completed_updates(tmp_path / "b", SETTINGS) == 4
     for name, tensor in full.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
     cols = ["update", "objective/kl", "objective/scores", "argmin_group", "raw_e", "raw_short"]
@@ -110,10 +124,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tok, tmp_path: Path, mon
 
 
 def test_training_moves_the_policy_and_seeds_matter(tok, tmp_path: Path):
-    settings = PPOSettings(n_updates=2, batch_size=8, response_length=8, checkpoint_every=2)
+    settings = PPOSettings(n_updates=2, batch_size=8, checkpoint_every=2)
     start = policy(tok).state_dict()
-    a, _ = run_ppo(policy(tok), tok, prompts(tok), adapter(tok), settings, tmp_path / "a", 0)
-    b, _ = run_ppo(policy(tok), tok, prompts(tok), adapter(tok), settings, tmp_path / "b", 1)
+    a, _ = run_ppo(policy(tok), tok, prompts(tok), adapter(tok), settings, SHORT, tmp_path / "a", 0)
+    b, _ = run_ppo(policy(tok), tok, prompts(tok), adapter(tok), settings, SHORT, tmp_path / "b", 1)
     key = "transformer.h.0.mlp.c_fc.weight"
     assert not torch.equal(a.state_dict()[key], start[key])
     assert not torch.equal(a.state_dict()[key], b.state_dict()[key])
@@ -125,7 +139,8 @@ def test_run_ppo_rejects_bad_setups(tok, tmp_path: Path):
         tok,
         prompts(tok),
         adapter(tok),
-        PPOSettings(1, 8, response_length=8, checkpoint_every=1),
+        PPOSettings(1, 8, checkpoint_every=1),
+        SHORT,
         tmp_path / "r",
         0,
     )
@@ -135,20 +150,95 @@ def test_run_ppo_rejects_bad_setups(tok, tmp_path: Path):
             tok,
             prompts(tok),
             adapter(tok),
-            PPOSettings(2, 8, response_length=8),
+            PPOSettings(2, 8),
+            SHORT,
+            tmp_path / "r",
+            0,
+        )
+    # the generation settings are part of the run too: another temperature is another run
+    with pytest.raises(ValueError, match="different run"):
+        other = GenerationSettings(max_new_tokens=8, temperature=1.0)
+        run_ppo(
+            policy(tok),
+            tok,
+            prompts(tok),
+            adapter(tok),
+            PPOSettings(1, 8, checkpoint_every=1),
+            other,
             tmp_path / "r",
             0,
         )
     ragged = Dataset.from_dict({"input_ids": [[1, 2, 3, 4], [1, 2, 3]] * 4})
     with pytest.raises(ValueError, match="one length"):
-        run_ppo(policy(tok), tok, ragged, adapter(tok), SETTINGS, tmp_path / "x", 0)
+        run_ppo(policy(tok), tok, ragged, adapter(tok), SETTINGS, GENERATION, tmp_path / "x", 0)
     with pytest.raises(ValueError, match="context_length"):
         bad = TextRewardAdapter(tok, 3, {"n": len}, {"n": Normalizer(0.0, 1.0)}, "single")
-        run_ppo(policy(tok), tok, prompts(tok), bad, SETTINGS, tmp_path / "y", 0)
-    with pytest.raises(ValueError, match="exceed the policy's 32 positions"):
-        run_ppo(policy(tok), tok, prompts(tok), adapter(tok), PPOSettings(1, 8), tmp_path / "z", 0)
+        run_ppo(policy(tok), tok, prompts(tok), bad, SETTINGS, GENERATION, tmp_path / "y", 0)
+    with pytest.raises(ValueError, match=r"prompt \(4\) \+ max_new_tokens \(29\) .* 32 positions"):
+        long = GenerationSettings(max_new_tokens=29, temperature=0.7)
+        run_ppo(
+            policy(tok), tok, prompts(tok), adapter(tok), PPOSettings(1, 8), long, tmp_path / "z", 0
+        )
     with pytest.raises(ValueError, match="multiple of num_mini_batches"):
         PPOSettings(n_updates=1, batch_size=7)
+    for bad_settings in ({"n_updates": 0}, {"num_ppo_epochs": 0}, {"checkpoint_every": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad_settings))):
+            PPOSettings(**{"n_updates": 1, "batch_size": 8, **bad_settings})
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationSettings(max_new_tokens=0, temperature=0.7)
+    with pytest.raises(ValueError, match="temperature"):
+        GenerationSettings(max_new_tokens=4, temperature=0.0)
+
+
+def test_generation_settings_reach_trl_and_train_policy_normalizes_on_reference(
+    tok, tmp_path: Path, monkeypatch
+):
+    """``GenerationSettings`` (not PPOSettings) sets TRL's response length and temperature;
+    ``train_policy`` z-scores each reward on the reference texts before PPO."""
+    import trl.experimental.ppo as trl_ppo
+
+    seen: list[tuple[int, float]] = []
+
+    class RecordingConfig(trl_ppo.PPOConfig):
+        def __post_init__(self):
+            seen.append((self.response_length, self.temperature))
+            super().__post_init__()
+
+    monkeypatch.setattr(trl_ppo, "PPOConfig", RecordingConfig)
+    widths: list[int] = []
+    rewards = {
+        "e": lambda ts: np.array([t.count("e") for t in ts], dtype=float),
+        "short": lambda ts: -np.array([len(t) for t in ts], dtype=float),
+    }
+    reference = ["a short one", "eee and more e", "the end"]
+    generation = GenerationSettings(max_new_tokens=6, temperature=0.9)
+    real_decode = TextRewardAdapter.decode
+
+    def decode(self, input_ids, attention_mask):
+        widths.append(input_ids.shape[1])
+        return real_decode(self, input_ids, attention_mask)
+
+    monkeypatch.setattr(TextRewardAdapter, "decode", decode)
+    _, log, adapter = train_policy(
+        policy(tok),
+        tok,
+        prompts(tok),
+        rewards,
+        reference,
+        "maxmin_sample",
+        PPOSettings(n_updates=1, batch_size=8, checkpoint_every=1),
+        generation,
+        tmp_path / "w",
+        0,
+    )
+    assert seen == [(6, 0.9)]
+    assert widths and set(widths) == {4 + 6}  # [prompt | max_new_tokens] rows
+    assert adapter.how == "maxmin_sample" and adapter.context_length == 4
+    assert list(log["update"]) == [1]
+    for g, fn in rewards.items():
+        raw = fn(reference)
+        n = adapter.normalizers[g]
+        assert (n.mean, n.std) == pytest.approx((raw.mean(), raw.std()), rel=1e-12)
 
 
 def test_value_model_equals_a_saved_and_reloaded_copy(tok, tmp_path: Path):
@@ -193,8 +283,8 @@ def test_value_model_shares_no_storage_with_the_policy(tok):
 
 def lora_pair(tok, tmp_path: Path):
     """A LoRA policy and a LoRA value model on one saved base, as notebook 05 builds them."""
-    from pluralign.training.models import load_causal_lm, load_sequence_classifier
     from pluralign.training.lora import policy_lora_config, reward_lora_config, with_lora
+    from pluralign.training.models import load_causal_lm, load_sequence_classifier
 
     base = tmp_path / "base"
     if not base.is_dir():
@@ -208,7 +298,15 @@ def test_lora_run_resumes_from_adapter_only_checkpoints(tok, tmp_path: Path, mon
     pol, val = lora_pair(tok, tmp_path)
     base_before = {k: v.clone() for k, v in pol.state_dict().items() if "lora_" not in k}
     full, full_log = run_ppo(
-        pol, tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "a", 0, value_model=val
+        pol,
+        tok,
+        prompts(tok),
+        adapter(tok),
+        SETTINGS,
+        GENERATION,
+        tmp_path / "a",
+        0,
+        value_model=val,
     )
     for name, tensor in full.state_dict().items():  # the base stays frozen
         if name in base_before:
@@ -223,14 +321,32 @@ def test_lora_run_resumes_from_adapter_only_checkpoints(tok, tmp_path: Path, mon
         real_save(path, *args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ppo_runner, "_save_chunk", save_then_die)
+    monkeypatch.setattr(ppo, "_save_chunk", save_then_die)
     pol, val = lora_pair(tok, tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        run_ppo(pol, tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "b", 0, value_model=val)
-    monkeypatch.setattr(ppo_runner, "_save_chunk", real_save)
+        run_ppo(
+            pol,
+            tok,
+            prompts(tok),
+            adapter(tok),
+            SETTINGS,
+            GENERATION,
+            tmp_path / "b",
+            0,
+            value_model=val,
+        )
+    monkeypatch.setattr(ppo, "_save_chunk", real_save)
     pol, val = lora_pair(tok, tmp_path)
     resumed, log = run_ppo(
-        pol, tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "b", 0, value_model=val
+        pol,
+        tok,
+        prompts(tok),
+        adapter(tok),
+        SETTINGS,
+        GENERATION,
+        tmp_path / "b",
+        0,
+        value_model=val,
     )
     for name, tensor in full.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
@@ -241,4 +357,4 @@ def test_lora_run_resumes_from_adapter_only_checkpoints(tok, tmp_path: Path, mon
 def test_lora_policy_needs_an_explicit_value_model(tok, tmp_path: Path):
     pol, _ = lora_pair(tok, tmp_path)
     with pytest.raises(ValueError, match="explicit value_model"):
-        run_ppo(pol, tok, prompts(tok), adapter(tok), SETTINGS, tmp_path / "c", 0)
+        run_ppo(pol, tok, prompts(tok), adapter(tok), SETTINGS, GENERATION, tmp_path / "c", 0)

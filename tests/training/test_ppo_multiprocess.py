@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, TESTS
+
 from pluralign.experiments.maxmin_tulu2 import ArmSpec, launch_arm, read_arm
 from pluralign.training.lora import BackboneSpec, lora_classifier, save_adapter
 
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "ppo_two_ranks.py"
+SCRIPT = TESTS / "scripts" / "ppo_two_ranks.py"
 
 
 @pytest.mark.slow
@@ -58,7 +60,9 @@ def test_notebook_05_arm_runs_under_accelerate_launch(tmp_path: Path, monkeypatc
     """An arm of notebook 05 (LoRA policy, LoRA value, LoRA reward adapter) launched the way
     the paper profile launches it on several GPUs, here with 2 CPU processes."""
     import torch
+
     from pluralign.pipeline.assets import load_gpt2_tokenizer
+    from pluralign.training.generation import GenerationSettings
     from pluralign.training.llama_proxy import build_llama_proxy
     from pluralign.training.ppo import PPOSettings
 
@@ -72,7 +76,8 @@ def test_notebook_05_arm_runs_under_accelerate_launch(tmp_path: Path, monkeypatc
     torch.manual_seed(0)
     rm = save_adapter(lora_classifier(backbone, tok.pad_token_id, 4), tmp_path / "rm")
     prompts = [[tok.eos_token_id, 10 + i % 50, 20 + i % 7, 30] for i in range(16)]
-    settings = PPOSettings(2, 4, num_mini_batches=2, num_ppo_epochs=1, response_length=4)
+    settings = PPOSettings(2, 4, num_mini_batches=2, num_ppo_epochs=1)
+    generation = GenerationSettings(max_new_tokens=4, temperature=0.7)
     spec = ArmSpec(
         name="single-seed0",
         how="single",
@@ -85,6 +90,7 @@ def test_notebook_05_arm_runs_under_accelerate_launch(tmp_path: Path, monkeypatc
         majority="P1A",
         minority="P1B",
         settings=dataclasses.asdict(settings),
+        generation=dataclasses.asdict(generation),
         policy_lora_r=4,
         value_lora_r=4,
         rm_max_length=16,
@@ -94,9 +100,8 @@ def test_notebook_05_arm_runs_under_accelerate_launch(tmp_path: Path, monkeypatc
     )
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    config = (
-        Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_two_processes.yaml"
-    )
+    config = ROOT / "configs" / "accelerate" / "cpu_two_processes.yaml"
+    assert config.is_file() and SCRIPT.is_file()
     out = launch_arm(spec, tmp_path / "spec.json", str(config))
     log, timing = read_arm(out)
     assert timing["processes"] == 2

@@ -9,14 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from pluralign.pipeline.assets import load_gpt2_tokenizer
-from pluralign.training.models import load_causal_lm, load_tokenizer
-from pluralign.config import PolicyPretrainConfig
-from pluralign.pipeline.config import load_stage_config
 from pluralign.data.text import make_prompts
-from pluralign.pretrain import train_and_evaluate
+from pluralign.pipeline.assets import load_gpt2_tokenizer
+from pluralign.pipeline.config import load_stage_config
 from pluralign.training.generation import sample_continuations
-from pluralign.training.pretrain import build_policy, heldout_loss, pack_blocks, prepare_documents, split_reviews
+from pluralign.training.models import load_causal_lm, load_tokenizer
+from pluralign.training.pretrain import (
+    PretrainConfig,
+    build_policy,
+    heldout_loss,
+    pack_blocks,
+    prepare_documents,
+    split_reviews,
+    train_and_evaluate,
+)
 
 
 def test_prepare_documents_cuts_the_requested_fraction() -> None:
@@ -58,7 +64,7 @@ def test_split_reviews_is_disjoint_and_seeded() -> None:
 
 def _tiny_policy(n_layer: int, block_size: int):
     """A randomly initialised tiny policy and its 500-merge tokenizer."""
-    cfg = load_stage_config("policy_pretrain", None, "cpu")
+    cfg = load_stage_config("policy_pretrain", PretrainConfig, None, "cpu")
     tok = load_gpt2_tokenizer(max_merges=500)
     cfg = dataclasses.replace(cfg, n_layer=n_layer, n_embd=32, n_head=2, block_size=block_size)
     torch.manual_seed(0)
@@ -75,8 +81,8 @@ def test_heldout_loss_matches_the_model_loss() -> None:
 
 
 def test_tiny_pretraining_learns_saves_and_reloads(tiny_params: Path, tmp_path: Path) -> None:
-    cfg = load_stage_config("policy_pretrain", tiny_params)
-    assert isinstance(cfg, PolicyPretrainConfig)
+    cfg = load_stage_config("policy_pretrain", PretrainConfig, tiny_params)
+    assert isinstance(cfg, PretrainConfig) and cfg.profile == "cpu"
     cfg = dataclasses.replace(cfg, max_steps=30)
     result = train_and_evaluate(cfg, tmp_path / "policy")
     losses = [h["loss"] for h in result.log_history if "loss" in h]
@@ -108,7 +114,9 @@ def test_paper_profile_loads_a_local_gpt2_standin(tiny_params: Path, tmp_path: P
         GPT2Config(vocab_size=600, n_positions=64, n_embd=32, n_layer=1, n_head=2)
     ).save_pretrained(standin)
     cfg = dataclasses.replace(
-        load_stage_config("policy_pretrain", tiny_params), init_from=str(standin), max_steps=2
+        load_stage_config("policy_pretrain", PretrainConfig, tiny_params),
+        init_from=str(standin),
+        max_steps=2,
     )
     tok = load_gpt2_tokenizer(max_merges=cfg.max_merges)
     model = build_policy(cfg, tok)

@@ -41,7 +41,8 @@ class Normalizer:
 
     @classmethod
     def fit(cls, values: Sequence[float]) -> Normalizer:
-        """Statistics of reference rewards; constant or non-finite ones are an error."""
+        """Statistics of reference rewards: non-finite ones are an error; constant ones give
+        std 1 and a warning (:func:`pluralign.core.stats.column_stats`)."""
         mean, std = column_stats(np.asarray(values, dtype=np.float64), ["reference rewards"])
         return cls(float(mean), float(std))
 

@@ -1,14 +1,17 @@
 """Statistics shared by the notebooks: z-scores, bootstrap CIs, win rates, accuracies.
 
-One rule for each: z-scores raise on a constant or non-finite column (a constant ground
-truth has no ranking to learn, and silently dividing by 1 hides a broken scorer), and every
-confidence interval of a mean over prompts is a percentile bootstrap by
-``scipy.stats.bootstrap`` (paired over groups where groups share the resampled rows).
+One rule for each. z-scores: a non-finite column is an error; a constant column has no
+ranking and no scale, so its z-scores are 0 (it is centred, not scaled) and a warning names
+it (a policy that never stops makes a length reward constant, say; a BT draw on it is a coin
+flip, which is what that group's preference then is). Every confidence interval of a mean
+over prompts is a percentile bootstrap by ``scipy.stats.bootstrap`` (paired over groups
+where groups share the resampled rows).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -42,7 +45,10 @@ def column_stats(
     mean, std = v.mean(axis=0), v.std(axis=0)
     constant = [c for c, s in zip(label, np.atleast_1d(std), strict=True) if s == 0]
     if constant:
-        raise ValueError(f"columns {constant} are constant: cannot standardize")
+        warnings.warn(
+            f"columns {constant} are constant: their z-scores are 0", UserWarning, stacklevel=2
+        )
+        std = np.where(std == 0, 1.0, std)
     return mean, std
 
 

@@ -60,6 +60,7 @@ from pluralign.training.generation import (
     Rollouts,
     kl_to_reference,
     sample_rollouts,
+    strip_left_padding,
 )
 from pluralign.training.judges import ChatEndpointJudge, PairwiseJudge, RewardModelJudge
 from pluralign.training.llama_proxy import build_llama_proxy
@@ -466,7 +467,7 @@ def evaluate_arm(
     if judges is None:
         wins = win_rates(gt, gt_ref)
     else:
-        prompts = [tok.decode([t for t in p if t != tok.pad_token_id]) for p in eval_ids]
+        prompts = [tok.decode(strip_left_padding(p, tok.pad_token_id)) for p in eval_ids]
         wins = pd.DataFrame(
             {
                 g: judges[g].compare(prompts, roll.continuations, ref_eval.continuations)

@@ -96,6 +96,13 @@ class Rollouts:
         return len(self.texts)
 
 
+def strip_left_padding(ids: Sequence[int], pad_token_id: int) -> list[int]:
+    """``ids`` without its leading PADs (a PAD inside a prompt, e.g. an UNK that pads, stays)."""
+    ids = list(ids)
+    start = next((i for i, t in enumerate(ids) if t != pad_token_id), len(ids))
+    return ids[start:]
+
+
 def sample_rollouts(
     policy,
     tokenizer,
@@ -110,17 +117,10 @@ def sample_rollouts(
     Leading PADs of a prompt are stripped before generation and kept in
     ``Rollouts.prompt_ids``. Only leading ones: where UNK pads (Llama-2,
     :func:`pluralign.training.models.load_chat_tokenizer`), an UNK inside a prompt stays."""
-    pad = tokenizer.pad_token_id
-
-    def strip_left(ids: Sequence[int]) -> list[int]:
-        ids = list(ids)
-        start = next((i for i, t in enumerate(ids) if t != pad), len(ids))
-        return ids[start:]
-
     rows = sample_continuations(
         policy,
         tokenizer,
-        [strip_left(p) for p in prompt_ids],
+        [strip_left_padding(p, tokenizer.pad_token_id) for p in prompt_ids],
         max_new_tokens,
         temperature,
         seed,
