@@ -10,10 +10,10 @@ flattened nested key as ``dvc metrics show`` prints it, and ``.2f`` a Python for
 (``.3f``, ``.0%``, ``,d``; empty: ``str(value)``; an integral float takes ``d``). Numbers
 that are not in results/metrics (benchmarks, paper claims, params) stay plain text.
 
-The README also holds two generated tables, each between ``<!-- NAME:begin -->`` and
-``<!-- NAME:end -->``: ``headline`` (a few metrics per notebook, chosen in ``HEADLINE``
-below) and ``timings`` (each stage's wall time, from papermill's metadata in the executed
-notebooks of ``results/notebooks``).
+The README also holds one generated table between ``<!-- headline:begin -->`` and
+``<!-- headline:end -->``: a few metrics per notebook, chosen in ``HEADLINE`` below. Wall
+times are machine-specific, so no doc quotes them: they stay in each stage's manifest and
+executed notebook.
 
     python scripts/update_docs.py                         # rewrite what is stale
     python scripts/update_docs.py --check                 # exit 1 if anything is stale
@@ -257,16 +257,6 @@ def headline_table(
     return "\n".join(lines), errors
 
 
-def timings_table(notebooks_dir: Path) -> str:
-    """Wall time of each executed notebook, as papermill recorded it."""
-    lines = ["| stage | wall time (s) | finished (UTC) |", "|---|---|---|"]
-    for path in sorted(p for p in notebooks_dir.glob("*.ipynb") if not p.name.startswith(".")):
-        meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("papermill", {})
-        finished = str(meta.get("end_time", ""))[:16].replace("T", " ")
-        lines.append(f"| {path.stem} | {meta.get('duration', float('nan')):.0f} | {finished} |")
-    return "\n".join(lines)
-
-
 def render_block(text: str, name: str, table: str, where: str) -> str:
     """Replace what sits between ``<!-- name:begin -->`` and ``<!-- name:end -->``."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
@@ -286,7 +276,7 @@ def doc_files(root: Path) -> list[Path]:
 
 
 def updated_docs(
-    root: Path, metrics_dir: Path, notebooks_dir: Path, headline: Iterable[Headline] = HEADLINE
+    root: Path, metrics_dir: Path, headline: Iterable[Headline] = HEADLINE
 ) -> dict[Path, str]:
     """Every doc file's new text (changed or not); DocsError lists every problem found."""
     metrics = load_metrics(metrics_dir)
@@ -301,7 +291,6 @@ def updated_docs(
             errors += errs
             try:
                 text = render_block(text, "headline", table, where)
-                text = render_block(text, "timings", timings_table(notebooks_dir), where)
             except DocsError as err:
                 errors += err.errors
         out[path] = text
@@ -324,15 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT / "results" / "metrics",
         help="folder of <stage>.json metrics (default: results/metrics)",
     )
-    parser.add_argument(
-        "--notebooks-dir",
-        type=Path,
-        default=ROOT / "results" / "notebooks",
-        help="folder of executed notebooks (default: results/notebooks)",
-    )
     args = parser.parse_args(argv)
     try:
-        docs = updated_docs(ROOT, args.metrics_dir, args.notebooks_dir)
+        docs = updated_docs(ROOT, args.metrics_dir)
     except DocsError as err:
         for line in err.errors:
             print(f"error: {line}", file=sys.stderr)

@@ -99,5 +99,3 @@ def tiny_gpt2(tok, seed: int, init: float = 0.02) -> GPT2LMHeadModel:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     return model
-
-

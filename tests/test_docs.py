@@ -342,49 +342,37 @@ def test_every_headline_row_names_a_stage_of_the_pipeline() -> None:
     assert {row.stage for row in update_docs.HEADLINE} == stages
 
 
-def _executed(path: Path, duration: float, end: str) -> None:
-    nb = {"cells": [], "metadata": {"papermill": {"duration": duration, "end_time": end}}}
-    path.write_text(json.dumps(nb), encoding="utf-8")
-
-
 def test_updated_docs_fills_readme_tables_and_docs_and_reports_staleness(
     tmp_path: Path, metrics_dir: Path
 ) -> None:
     root = tmp_path / "repo"
     (root / "docs").mkdir(parents=True)
-    notebooks = tmp_path / "notebooks"
-    notebooks.mkdir()
-    _executed(notebooks / "04_demo.ipynb", 12.4, "2026-11-26T15:17:03.1")
-    _executed(notebooks / ".04_demo.running.ipynb", 1.0, "x")  # in progress: not listed
     readme = root / "README.md"
     readme.write_text(
         "# r\n<!-- headline:begin -->\nold\n<!-- headline:end -->\n"
-        f"x = {_marker('01_flat', 'x', '.1f')}\n"
-        "<!-- timings:begin -->\n<!-- timings:end -->\n",
+        f"x = {_marker('01_flat', 'x', '.1f')}\n",
         encoding="utf-8",
     )
     doc = root / "docs" / "a.md"
     doc.write_text(f"kl {_marker('04_demo', 'runs.single.kl', '.0f', '99')}\n", encoding="utf-8")
     rows = [update_docs.Headline("01_flat", "x", "the x", ".2f")]
 
-    docs = update_docs.updated_docs(root, metrics_dir, notebooks, rows)
+    docs = update_docs.updated_docs(root, metrics_dir, rows)
     assert update_docs.stale(docs) == [readme, doc]
     assert "| `01_flat` | the x | `x` | 0.50 |" in docs[readme]
     assert "x = <!-- m:01_flat:x:.1f -->0.5<!-- /m -->" in docs[readme]
-    assert "| 04_demo | 12 | 2026-11-26 15:17 |\n<!-- timings:end -->" in docs[readme]
-    assert ".04_demo.running" not in docs[readme]
     assert docs[doc] == "kl <!-- m:04_demo:runs.single.kl:.0f -->11<!-- /m -->\n"
     for path, text in docs.items():
         path.write_text(text, encoding="utf-8")
-    assert update_docs.stale(update_docs.updated_docs(root, metrics_dir, notebooks, rows)) == []
+    assert update_docs.stale(update_docs.updated_docs(root, metrics_dir, rows)) == []
 
 
 def test_a_readme_without_its_table_block_is_an_error(tmp_path: Path, metrics_dir: Path) -> None:
     root = tmp_path / "repo"
     root.mkdir()
-    (root / "README.md").write_text("<!-- headline:begin -->\n<!-- headline:end -->\n")
+    (root / "README.md").write_text("# no table\n")
     with pytest.raises(update_docs.DocsError) as err:
-        update_docs.updated_docs(root, metrics_dir, tmp_path, [])
+        update_docs.updated_docs(root, metrics_dir, [])
     assert err.value.errors == [
-        "README.md: needs exactly one <!-- timings:begin --> ... <!-- timings:end --> block"
+        "README.md: needs exactly one <!-- headline:begin --> ... <!-- headline:end --> block"
     ]

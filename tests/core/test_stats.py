@@ -76,6 +76,13 @@ def test_column_stats_names_a_constant_column_and_only_centres_it(values, names,
     np.testing.assert_allclose(std[~flat], v.std(axis=0)[~flat], rtol=1e-15)
 
 
+def test_column_stats_detects_a_constant_column_whose_mean_is_rounded():
+    v = np.full(3, 0.1)  # 0.1 + 0.1 + 0.1 = 0.30000000000000004: the mean is not 0.1
+    with pytest.warns(UserWarning, match=r"columns \['c'\] are constant"):
+        _, std = column_stats(v, ["c"])
+    assert float(std) == 1.0
+
+
 def test_standardize_gives_zero_mean_unit_std_and_keeps_labels():
     raw = pd.DataFrame({"a": [1.0, 2.0, 4.0, 9.0], "b": [-3.0, 0.0, 0.5, 0.5]}, index=list("wxyz"))
     z = standardize(raw)

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from pluralign.core.maxmin import Normalizer
 from pluralign.pipeline.assets import load_gpt2_tokenizer
-from pluralign.training.models import load_sequence_classifier
+from pluralign.training.generation import GenerationSettings
 from pluralign.training.llama_proxy import build_llama_proxy
 from pluralign.training.lora import policy_lora_config, reward_lora_config, with_lora
-from pluralign.core.maxmin import Normalizer
-from pluralign.training.reward_adapter import TextRewardAdapter
+from pluralign.training.models import load_sequence_classifier
 from pluralign.training.ppo import PPOSettings, run_ppo
+from pluralign.training.reward_adapter import TextRewardAdapter
 
 
 def main(out: Path, mode: str) -> None:
@@ -46,10 +47,11 @@ def main(out: Path, mode: str) -> None:
     }
     norms = {g: Normalizer(0.0, 1.0) for g in rewards}
     adapter = TextRewardAdapter(tok, 4, rewards, norms, "maxmin_sample")
-    settings = PPOSettings(
-        n_updates=2, batch_size=4, num_mini_batches=2, num_ppo_epochs=1, response_length=6
+    settings = PPOSettings(n_updates=2, batch_size=4, num_mini_batches=2, num_ppo_epochs=1)
+    generation = GenerationSettings(max_new_tokens=6, temperature=0.7)
+    policy, _ = run_ppo(
+        policy, tok, prompts, adapter, settings, generation, out / "work", 0, value_model=value
     )
-    policy, _ = run_ppo(policy, tok, prompts, adapter, settings, out / "work", 0, value_model=value)
     digest = hashlib.sha256(
         b"".join(
             p.detach().to(torch.float32).numpy().tobytes()

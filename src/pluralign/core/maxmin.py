@@ -13,7 +13,8 @@ on one scale), the aggregated reward of response b is:
                     and ``softmin`` with tau = 0 *is* ``maxmin_sample``
 ==================  ==========================================================  ===========
 
-The module TRL's PPO calls with these rewards is ``pluralign.training.ppo.TextRewardAdapter``.
+The module TRL's PPO calls with these rewards is
+``pluralign.training.reward_adapter.TextRewardAdapter``.
 """
 
 from __future__ import annotations

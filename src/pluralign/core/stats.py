@@ -27,12 +27,15 @@ from pluralign._typing import FloatArray
 def column_stats(
     values: ArrayLike, names: Sequence[str] | None = None
 ) -> tuple[FloatArray, FloatArray]:
-    """(mean, std) of each column (population std, ``ddof=0``) of a 1-D or 2-D array.
+    """(mean, std) of each column (population std, ``ddof=0``) of a 1-D or 2-D array; a
+    constant column (all values equal) gets std 1, so its z-scores are 0 (up to rounding), and a
+    ``UserWarning`` naming it. Equality, not ``std == 0``: the std of ``[0.1] * 3`` rounds
+    to ~1e-17, and dividing by it would blow the column up.
 
     Raises
     ------
     ValueError
-        If a column holds NaN / inf or is constant (named by ``names`` when given).
+        If a column holds NaN / inf (named by ``names`` when given), or fewer than 2 rows.
     """
     v = np.asarray(values, dtype=np.float64)
     if v.ndim not in (1, 2) or v.shape[0] < 2:
@@ -43,12 +46,13 @@ def column_stats(
     if bad:
         raise ValueError(f"columns {bad} hold NaN or inf")
     mean, std = v.mean(axis=0), v.std(axis=0)
-    constant = [c for c, s in zip(label, np.atleast_1d(std), strict=True) if s == 0]
-    if constant:
+    flat = np.ptp(cols, axis=0) == 0  # (columns,)
+    if flat.any():
+        constant = [c for c, f in zip(label, flat, strict=True) if f]
         warnings.warn(
             f"columns {constant} are constant: their z-scores are 0", UserWarning, stacklevel=2
         )
-        std = np.where(std == 0, 1.0, std)
+        std = np.where(flat, 1.0, std) if v.ndim == 2 else np.float64(1.0)
     return mean, std
 
 

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from pluralign.core.bradley_terry import fit_bt
 from pluralign.core.clones import voronoi_weights
 from pluralign.core.stats import mean_ci
+from pluralign.data.text import SENTENCE_SPLIT
 from pluralign.pipeline.config import StageConfig
 
 
@@ -111,7 +112,6 @@ _THEME_RE = {
     t: re.compile(r"\b(?:" + "|".join(map(re.escape, kw)) + r")\b", re.IGNORECASE)
     for t, kw in THEME_KEYWORDS.items()
 }
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def select_snippets(
     picked: dict[str, list[tuple[str, int]]] = {t: [] for t in THEMES}
     seen: set[str] = set()
     for r in np.random.default_rng(seed).permutation(len(reviews)):
-        for sentence in _SENTENCE_SPLIT.split(reviews[r]):
+        for sentence in SENTENCE_SPLIT.split(reviews[r]):
             s = sentence.strip()
             if not (min_words <= len(s.split()) <= max_words and s[-1] in ".!?"):
                 continue

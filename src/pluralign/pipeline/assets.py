@@ -253,6 +253,8 @@ def resolve_source(spec: str | os.PathLike[str], what: str = "source") -> Source
     )
     if local:
         return Source(str(path))
+    if at and from_root(repo).exists():
+        raise AssetError(f"{what}: {repo} is a local path; it has no revision (drop @{revision})")
     if not at or not repo or not revision:
         raise AssetError(
             f"{what}: {text!r} is a hub name: pin a revision ({repo or text}@<commit or tag>) "
