@@ -197,9 +197,9 @@ def test_load_missing_column_and_bad_arguments(tmp_path, host_lookups):
         load_preference_file(path, cache_dir=tmp_path / "cache")  # default names absent
     with pytest.raises(ValueError, match="must map exactly"):
         load_preference_file(path, columns={"prompt": "instruction"})
-    # A local file has no revision: "file@rev" names no file, so nothing is loaded.
+    # A local file has no revision: "file@rev" is refused before anything is loaded.
     pinned_local = f"{path}@abc123"
-    with pytest.raises(AssetError, match=re.escape(f"{pinned_local}:train: cannot load")):
+    with pytest.raises(AssetError, match=re.escape(f"{pinned_local} is a local path; it has no")):
         load_preference_file(pinned_local, columns=MAP, cache_dir=tmp_path / "cache")
     # A hub name must be pinned; refused before any download.
     with pytest.raises(AssetError, match=re.escape("pin a revision (someone/p-soups@<commit")):

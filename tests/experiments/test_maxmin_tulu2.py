@@ -32,6 +32,7 @@ from pluralign.data.psoups import (
     check_dimensions,
     dimension_scores,
     group_truth,
+    label_by_dimensions,
     opposed,
     psoups_users,
 )
@@ -723,10 +724,14 @@ def test_synthetic_comparisons_are_labelled_on_the_training_pairs(cfg, tok, prox
     assert labels.pair.max() < pairs.n_train  # held-out pairs are never labelled
     np.testing.assert_array_equal(data.user_of, labels.user)
     np.testing.assert_array_equal(data.user_group, [0] * 4 + [1] * 2)
-    again = pairs.label(
-        [cfg.users_majority, cfg.users_minority], cfg.comparisons_per_user, cfg.label_beta,
-        cfg.seed, zscore_over="train",
+    # labels by the dimensions' scores, z-scored over the training pairs only
+    z = (dimension_scores(pairs.a.continuations), dimension_scores(pairs.b.continuations))
+    again, groups = label_by_dimensions(
+        z[0].iloc[pairs.train], z[1].iloc[pairs.train],
+        [cfg.majority] * cfg.users_majority + [cfg.minority] * cfg.users_minority,
+        cfg.comparisons_per_user, cfg.label_beta, cfg.seed,
     )  # fmt: skip
+    assert groups == (cfg.majority, cfg.minority)
     np.testing.assert_array_equal(again.a_wins, labels.a_wins)
     assert (data.chosen, data.rejected) == pairs.comparisons(labels)
     # the groups' ground truth is the dimensions' scores of the continuations only

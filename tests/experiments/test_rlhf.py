@@ -109,33 +109,27 @@ def test_preference_pairs_split_train_and_held_out() -> None:
     np.testing.assert_array_equal(pairs.held, [8, 9])
 
 
-@pytest.mark.parametrize("zscore_over", ["all", "train"])
-def test_label_is_label_pairs_on_the_chosen_z_scores(zscore_over: str) -> None:
+def test_label_is_label_pairs_on_z_scores_over_all_sampled_pairs() -> None:
     pairs = _pairs()
     ta, tb = pairs.truth_a.to_numpy(), pairs.truth_b.to_numpy()
-    if zscore_over == "all":  # z-scores over all 20 sampled answers, then the training rows
-        za, zb = _zscore(ta, tb)
-        za, zb = za[:8], zb[:8]
-    else:  # z-scores over the 16 answers of the training pairs only
-        za, zb = _zscore(ta[:8], tb[:8])
-    expected = label_pairs(za, zb, [3, 2], 4, beta=2.0, seed=5)
-    got = pairs.label([3, 2], 4, beta=2.0, seed=5, zscore_over=zscore_over)
+    za, zb = _zscore(ta, tb)  # over all 20 sampled answers, then the training rows
+    expected = label_pairs(za[:8], zb[:8], [3, 2], 4, beta=2.0, seed=5)
+    got = pairs.label([3, 2], 4, beta=2.0, seed=5)
     np.testing.assert_array_equal(got.user, expected.user)
     np.testing.assert_array_equal(got.pair, expected.pair)
     np.testing.assert_array_equal(got.user_group, expected.user_group)
     np.testing.assert_allclose(got.p_a, expected.p_a, rtol=1e-12)
     np.testing.assert_array_equal(got.a_wins, expected.a_wins)
     assert got.pair.max() < pairs.n_train  # held-out pairs are never labelled
+    # held-out answers enter the z-scores: z over the training rows alone differs
+    za_train, zb_train = _zscore(ta[:8], tb[:8])
+    on_train = label_pairs(za_train, zb_train, [3, 2], 4, beta=2.0, seed=5)
+    assert np.abs(on_train.p_a - got.p_a).max() > 1e-3
 
 
-def test_label_zscore_rows_matter_and_are_checked() -> None:
+def test_label_of_a_constant_group_is_a_coin_flip() -> None:
     pairs = _pairs()
-    on_all = pairs.label([3, 2], 4, 2.0, 5, zscore_over="all")
-    on_train = pairs.label([3, 2], 4, 2.0, 5, zscore_over="train")
-    np.testing.assert_array_equal(on_all.pair, on_train.pair)  # the same draws ...
-    assert np.abs(on_all.p_a - on_train.p_a).max() > 1e-3  # ... on different z-scores
-    with pytest.raises(ValueError, match=r"zscore_over must be 'all' or 'train', got 'held'"):
-        pairs.label([3, 2], 4, 2.0, 5, zscore_over="held")
+    on_all = pairs.label([3, 2], 4, 2.0, 5)
     constant = dataclasses.replace(
         pairs, truth_a=pairs.truth_a.assign(g1=1.0), truth_b=pairs.truth_b.assign(g1=1.0)
     )

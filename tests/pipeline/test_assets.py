@@ -208,3 +208,11 @@ def test_loaders_refuse_unpinned_hub_names_before_any_download(host_lookups) -> 
     with pytest.raises(AssetError, match="pin a revision"):
         load_gpt2_tokenizer("gpt2")
     assert host_lookups == []
+
+
+def test_a_local_path_with_a_revision_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for spec in (f"{folder}@abc", "./models/policy@abc"):
+        with pytest.raises(AssetError, match="is a local path; it has no revision"):
+            assets.resolve_source(spec)

@@ -199,3 +199,12 @@ def test_missing_or_invalid_params_file(tmp_path: Path) -> None:
         load_stage_config("policy_pretrain", PretrainConfig, bad)
     with pytest.raises(ConfigError, match="no_such_stage: section missing"):
         load_stage_config("no_such_stage", PretrainConfig, tmp_path / "p.yaml")
+
+
+def test_a_profile_key_inside_a_section_and_nan_numbers_are_refused(tmp_path: Path) -> None:
+    path = _broken(tmp_path, lambda p: p["policy_pretrain"].update(profile="paper"))
+    with pytest.raises(ConfigError, match=r"policy_pretrain\.profile: the profile is chosen"):
+        load_stage_config("policy_pretrain", PretrainConfig, path)
+    path = _broken(tmp_path, lambda p: p["policy_pretrain"]["cpu"].update(learning_rate=".nan"))
+    with pytest.raises(ConfigError, match=r"policy_pretrain\.learning_rate: expected a number"):
+        load_stage_config("policy_pretrain", PretrainConfig, path)

@@ -6,7 +6,8 @@ What a labelled "item" is differs by caller, the drawing does not:
 
 * :func:`simulate_users`: items are the unordered pairs of m texts (notebook 03);
 * :func:`label_pairs`: items are given pairs (a_i, b_i), two answers to one prompt
-  (notebooks 04, 05).
+  (notebooks 04, 05);
+* notebook 02 draws an annotator type per comparison and calls :func:`bt_outcomes` itself.
 
 Users are numbered group by group and each draws its items without replacement
 (:func:`draw_user_items`); all randomness comes from one generator: first the items, user

@@ -88,16 +88,13 @@ def extract_snippets(
     )
 
 
-# --------------------------------------------------------------------------- rewards
-
-
-# --------------------------------------------------------------------------- users
+# --------------------------------------------------------------------------- prompts
 
 
 def review_prompts(
     tokenizer, texts: Sequence[str], prompt_tokens: int, max_new_tokens: int
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """PPO prompts (EOS + the first ``prompt_tokens`` tokens, as ``pretrain.make_prompts``)
+    """PPO prompts (EOS + the first ``prompt_tokens`` tokens, as :func:`make_prompts`)
     and each review's next ``max_new_tokens`` tokens (its human continuation); reviews with
     fewer than ``prompt_tokens + 4`` tokens are skipped."""
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]

@@ -8,8 +8,9 @@ and lives here, so a notebook reads *data -> rewards -> PPO arms -> evaluation*:
   (held-out pairs measure a reward model's accuracy per group);
 * :func:`fit_single_and_em` and :func:`fit_per_group`: the pooled reward model, the
   hard-EM mixture (MaxMin-RLHF, Alg. 1) and, as an ablation, one model per *true* group;
-* :class:`Arm` and :func:`run_arm`: one PPO run on learned rewards, evaluated by each
-  group's ground truth against the reference policy on held-out prompts.
+* :class:`Arm` and :func:`run_arm`: one PPO run on learned rewards (04, 05's in-process
+  path), and :func:`evaluate_policy`: a trained policy judged by each group's ground truth
+  against the reference policy on held-out prompts (04, 06).
 
 Call order matters for reproducibility: a fresh reward or value head draws from torch's
 global RNG, so notebooks keep their cells' order and these functions keep the order of
@@ -94,29 +95,14 @@ class PreferencePairs:
         return np.arange(self.n_train, len(self.a))
 
     def label(
-        self,
-        users_per_group: Sequence[int],
-        per_user: int,
-        beta: float,
-        seed: int,
-        zscore_over: str = "all",
+        self, users_per_group: Sequence[int], per_user: int, beta: float, seed: int
     ) -> PairLabels:
-        """Users label the training pairs by BT draws on their group's z-scored ground truth.
-
-        ``zscore_over``: the rows the z-scores are computed on, ``"all"`` sampled pairs
-        (notebook 04) or the ``"train"`` pairs only (notebook 05): the two notebooks were
-        built that way and keep it, so their results stay comparable with earlier runs."""
-        if zscore_over == "all":
-            z_a, z_b = standardize_columns(self.truth_a, self.truth_b)
-            z_a, z_b = z_a[self.train], z_b[self.train]
-        elif zscore_over == "train":
-            z_a, z_b = standardize_columns(
-                self.truth_a.iloc[self.train].reset_index(drop=True),
-                self.truth_b.iloc[self.train].reset_index(drop=True),
-            )
-        else:
-            raise ValueError(f"zscore_over must be 'all' or 'train', got {zscore_over!r}")
-        return label_pairs(z_a, z_b, users_per_group, per_user, beta, seed)
+        """Users label the training pairs by BT draws on their group's ground truth, z-scored
+        over all sampled pairs, held-out ones included (notebook 04's rule; notebook 05
+        labels by P-SOUPS dimensions, z-scored over the labelled pairs only:
+        :func:`pluralign.data.psoups.label_by_dimensions`)."""
+        z_a, z_b = standardize_columns(self.truth_a, self.truth_b)
+        return label_pairs(z_a[self.train], z_b[self.train], users_per_group, per_user, beta, seed)
 
     def comparisons(self, labels: PairLabels) -> tuple[list[str], list[str]]:
         """(chosen, rejected) texts (prompt + continuation) of the labelled comparisons."""
@@ -216,13 +202,42 @@ class Arm:
 @dataclass(frozen=True)
 class Evaluation:
     """The fixed part of every arm's evaluation: held-out prompts, the reference policy's
-    answers to them and their ground truth, and the seeds."""
+    answers' ground truth, the sampling seed, and the bootstrap's size and seed (default:
+    the sampling seed)."""
 
     prompt_ids: list[list[int]]
     truth: Truth
     truth_ref: pd.DataFrame
     seed: int
     n_boot: int
+    boot_seed: int | None = None
+
+
+def evaluate_policy(
+    policy: PreTrainedModel,
+    ref_policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    generation: GenerationSettings,
+    evaluation: Evaluation,
+) -> tuple[Rollouts, dict[str, float]]:
+    """A trained policy's answers on the evaluation prompts, judged by each group's ground
+    truth against the reference's (mean and win rate with bootstrap CIs), its KL to the
+    reference, and its answers' length and stop rate."""
+    roll = sample_rollouts(
+        policy,
+        tokenizer,
+        evaluation.prompt_ids,
+        generation.max_new_tokens,
+        generation.temperature,
+        evaluation.seed,
+    )
+    gt = evaluation.truth(roll)
+    boot_seed = evaluation.seed if evaluation.boot_seed is None else evaluation.boot_seed
+    scores = evaluate(gt, evaluation.truth_ref, evaluation.n_boot, boot_seed)
+    scores["kl"] = kl_to_reference(policy, ref_policy, tokenizer, roll, generation.temperature)
+    scores["mean_tokens"] = float(roll.n_tokens.mean())
+    scores["stop_rate"] = float(roll.stopped.mean())
+    return roll, scores
 
 
 def run_arm(
@@ -259,21 +274,10 @@ def run_arm(
         on_checkpoint,
     )
     train_s = time.perf_counter() - t0
-    roll = sample_rollouts(
-        policy,
-        tokenizer,
-        evaluation.prompt_ids,
-        generation.max_new_tokens,
-        generation.temperature,
-        evaluation.seed,
-    )
-    gt = evaluation.truth(roll)
+    roll, scores = evaluate_policy(policy, ref_policy, tokenizer, generation, evaluation)
     row: dict[str, Any] = {"run": arm.name, "method": arm.how, "seed": arm.seed}
     row["kl_coef"] = settings.kl_coef
-    row |= evaluate(gt, evaluation.truth_ref, evaluation.n_boot, evaluation.seed)
-    row["kl"] = kl_to_reference(policy, ref_policy, tokenizer, roll, generation.temperature)
-    row["mean_tokens"] = float(roll.n_tokens.mean())
-    row["stop_rate"] = float(roll.stopped.mean())
+    row |= scores
     row["train_seconds"] = train_s
     row["seconds_per_update"] = train_s / settings.n_updates
     log = log.assign(run=arm.name, method=arm.how, seed=arm.seed)

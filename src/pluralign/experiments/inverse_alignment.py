@@ -26,10 +26,10 @@ from numpy.typing import NDArray
 
 from pluralign._typing import TextScore
 from pluralign.core.frft import select, similarities
-from pluralign.core.stats import evaluate
 from pluralign.data.preferences import PreferenceRecords, load_preference_records
 from pluralign.data.scorers import FK_CLIP, flesch_kincaid_grade, n_words
 from pluralign.data.text import review_prompts, split_prompts
+from pluralign.experiments._rlhf import Evaluation, evaluate_policy
 from pluralign.pipeline.assets import load_imdb
 from pluralign.pipeline.config import StageConfig
 from pluralign.training.frft import (
@@ -38,13 +38,19 @@ from pluralign.training.frft import (
     RefitSettings,
     embed,
     embed_records,
+    pair_accuracy,
     run_frft,
     selection_stats,
 )
-from pluralign.training.generation import GenerationSettings, kl_to_reference, sample_rollouts
+from pluralign.training.generation import GenerationSettings, sample_rollouts
 from pluralign.training.models import load_sequence_classifier, load_tokenizer
 from pluralign.training.ppo import PPOSettings
-from pluralign.training.reward_models import RewardModelSettings, fit_reward_model, score_texts
+from pluralign.training.reward_models import (
+    RewardModelSettings,
+    fit_reward_model,
+    reward_fn,
+    score_texts,
+)
 from pluralign.training.sentiment import SentimentJudge
 
 
@@ -341,6 +347,24 @@ def ground_truth(source: str) -> TextScore:
     return lambda texts: score_texts(model, tok, texts, max_length=512)
 
 
+def evaluation_of(cfg: Config, data: OfflineSet, truth_of: TextScore, truth_ref) -> Evaluation:
+    """How every arm is judged: its answers to the evaluation prompts, sampled with the
+    reference's seed (``seed + 50``), against the reference's; bootstrap seeded by ``seed``."""
+    return Evaluation(
+        data.eval_prompt_ids,
+        rollout_truth(truth_of),
+        truth_ref,
+        cfg.seed + 50,
+        cfg.n_boot,
+        cfg.seed,
+    )
+
+
+def rollout_truth(truth_of: TextScore):
+    """The ground truth of rollouts (prompt + answer texts) as a one-column frame."""
+    return lambda roll: pd.DataFrame({"truth": truth_of(roll.texts)})
+
+
 def decode_prompts(tok, prompt_ids: Sequence[Sequence[int]]) -> list[str]:
     """Prompt texts as ``Rollouts.texts`` begin: without the leading EOS."""
     return [tok.decode(p[1:]) for p in prompt_ids]
@@ -370,11 +394,12 @@ def subset_experiment(
     ref_policy,
     encoder,
     new_reward_model: Callable[[], Any],
-    accuracy_of: Callable[[Any], float],
+    pairs: OnPolicyPairs,
 ) -> pd.DataFrame:
     """The paper's second claim: at the reference policy each rule selects ``select_k``
-    records and a reward model trained on them alone is scored by ``accuracy_of`` (one row
-    per rule and seed; the subset depends on the seed for the random rule only)."""
+    records and a reward model trained on them alone is scored by its accuracy on the
+    on-policy ``pairs`` (one row per rule and seed; the subset depends on the seed for the
+    random rule only)."""
     ref_gen = _sample(cfg, tok, ref_policy, data.offline_prompt_ids, cfg.seed + 40).continuations
     records = data.records
     s_c, s_r = similarities(
@@ -389,7 +414,8 @@ def subset_experiment(
             accuracy = math.nan  # P1 can select nothing (no record above the threshold)
             if picked.size:
                 model = train_on(records.subset(picked), new_reward_model, tok, cfg, seed)
-                accuracy = accuracy_of(model)
+                score = reward_fn(model, tok, cfg.reward_model.max_length)
+                accuracy = pair_accuracy(score, pairs)
             rows.append(
                 {
                     "rule": rule,
@@ -448,12 +474,13 @@ def run_arm(
     tok,
     encoder,
     truth_of: TextScore,
-    gt_ref: pd.DataFrame,
+    evaluation: Evaluation,
     other_rewards: dict[str, TextScore],
     workdir: str | Path,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One PPO run of ``arm`` (its reward model a fresh copy of its start model), then the
-    ground truth of its answers on the evaluation prompts against the reference's."""
+    """One PPO run of ``arm`` (its reward model a fresh copy of its start model), then its
+    answers on the evaluation prompts judged against the reference's
+    (:func:`pluralign.experiments._rlhf.evaluate_policy`)."""
     reward_model = copy.deepcopy(start_models[arm.start])
     refit = None
     if arm.rule is not None:
@@ -485,9 +512,6 @@ def run_arm(
         progress=True,
     )
     seconds = time.perf_counter() - t_run
-    roll = _sample(cfg, tok, policy, data.eval_prompt_ids, cfg.seed + 50)  # the reference's seed
-    gt = pd.DataFrame({"truth": truth_of(roll.texts)})
-    row = {"run": arm.name, "seed": seed, **evaluate(gt, gt_ref, cfg.n_boot, cfg.seed)}
-    row["kl"] = kl_to_reference(policy, ref_policy, tok, roll, cfg.generation.temperature)
-    row["seconds"] = seconds
+    _, scores = evaluate_policy(policy, ref_policy, tok, cfg.generation, evaluation)
+    row = {"run": arm.name, "seed": seed, **scores, "seconds": seconds}
     return log.assign(run=arm.name, seed=seed), row

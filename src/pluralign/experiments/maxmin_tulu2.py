@@ -39,7 +39,6 @@ import torch
 from datasets import Dataset
 
 from pluralign._typing import TextScore
-from pluralign.core.simulate import PairLabels
 from pluralign.core.stats import win_rates
 from pluralign.data.preferences import load_prompt_texts
 from pluralign.data.psoups import (
@@ -47,7 +46,9 @@ from pluralign.data.psoups import (
     check_dimensions,
     dimension_scores,
     group_truth,
+    label_by_dimensions,
     load_psoups,
+    mixture_users,
     psoups_users,
 )
 from pluralign.data.text import chat_prompt_ids, make_prompts, split_prompts
@@ -169,6 +170,15 @@ class Config(StageConfig):
             raise ValueError(f"preference_data {self.preference_data!r} needs psoups_files")
         if self.judge not in ("ground_truth", "reward_model", "endpoint"):
             raise ValueError(f"judge {self.judge!r} is not ground_truth/reward_model/endpoint")
+        if self.ppo_prompts != "imdb" and not self.ppo_prompt_column:
+            raise ValueError(f"ppo_prompts {self.ppo_prompts!r} needs ppo_prompt_column")
+        if self.eval_prompts != "imdb" and not (
+            self.eval_prompt_column and self.eval_prompts_split
+        ):
+            raise ValueError(
+                f"eval_prompts {self.eval_prompts!r} needs eval_prompt_column and "
+                "eval_prompts_split"
+            )
         if self.judge == "endpoint" and not self.judge_model:
             raise ValueError("judge endpoint: name the endpoint's model in judge_model")
 
@@ -236,12 +246,12 @@ def prompt_sets(cfg: Config, tok, imdb: str) -> dict[str, list[list[int]]]:
         )
 
     def prompts_from(source: str, split: str, column: str | None, n: int) -> list[list[int]]:
-        texts = load_prompt_texts(source, split, column or "prompt")
+        texts = load_prompt_texts(source, split, column or "")
         return chat_prompt_ids(tok, texts, cfg.prompt_tokens)[:n]
 
     ppo = prompts_from(cfg.ppo_prompts, "train", cfg.ppo_prompt_column, cfg.n_ppo_prompts)
     evals = prompts_from(
-        cfg.eval_prompts, cfg.eval_prompts_split or "test", cfg.eval_prompt_column,
+        cfg.eval_prompts, cfg.eval_prompts_split or "", cfg.eval_prompt_column,
         cfg.n_eval_prompts,
     )  # fmt: skip
     if len(ppo) < cfg.n_ppo_prompts or len(evals) < cfg.n_eval_prompts:
@@ -270,19 +280,23 @@ class Comparisons:
     pairs: PreferencePairs | None = None
     """The sampled pairs (synthetic data): held-out pairs measure reward-model accuracy."""
     labels: PairLabels | None = None
+    """The simulated labels of the training pairs (synthetic data)."""
 
 
 def comparisons(cfg: Config, tok, ref_policy, pref_ids: Sequence[Sequence[int]]) -> Comparisons:
     """Synthetic: two reference samples per preference prompt labelled by simulated users of
-    the two dimensions, z-scored over the labelled pairs. P-SOUPS: the files cut into users."""
+    the two dimensions (:func:`pluralign.data.psoups.label_by_dimensions`: each dimension
+    z-scored over the labelled pairs). P-SOUPS: the files cut into users."""
+    users = mixture_users(cfg.majority, cfg.minority, cfg.users_majority, cfg.users_minority)
     if cfg.preference_data == SYNTHETIC:
         pairs = PreferencePairs.sample(
             ref_policy, tok, pref_ids, cfg.generation, truth_of(cfg), cfg.seed
         )
-        labels = pairs.label(
-            [cfg.users_majority, cfg.users_minority], cfg.comparisons_per_user,
-            cfg.label_beta, cfg.seed, zscore_over="train",
-        )  # fmt: skip
+        scores_a = dimension_scores(pairs.a.continuations).iloc[pairs.train]
+        scores_b = dimension_scores(pairs.b.continuations).iloc[pairs.train]
+        labels, _ = label_by_dimensions(
+            scores_a, scores_b, users, cfg.comparisons_per_user, cfg.label_beta, cfg.seed
+        )
         chosen, rejected = pairs.comparisons(labels)
         return Comparisons(chosen, rejected, labels.user, labels.user_group, pairs, labels)
     files = load_psoups(

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from pluralign.core.bradley_terry import fit_bt
 from pluralign.core.clones import voronoi_weights
+from pluralign.core.simulate import bt_outcomes
 from pluralign.core.stats import mean_ci
 from pluralign.data.text import SENTENCE_SPLIT
 from pluralign.pipeline.config import StageConfig
@@ -371,7 +372,7 @@ def sample_comparisons(
     i = rng.integers(0, m, n)
     j = (i + rng.integers(1, m, n)) % m  # uniform over j != i
     t = rng.choice(len(types), size=n, p=shares / shares.sum())
-    i_wins = rng.uniform(size=n) < expit(U[t, theme_idx[i]] - U[t, theme_idx[j]])
+    i_wins, _ = bt_outcomes(U[t, theme_idx[i]] - U[t, theme_idx[j]], 1.0, rng)
     return np.where(i_wins, i, j), np.where(i_wins, j, i), t
 
 

@@ -251,9 +251,11 @@ def resolve_source(spec: str | os.PathLike[str], what: str = "source") -> Source
         or Path(repo).suffix in _DATA_SUFFIXES
         or repo.count("/") > 1
     )
+    if local and at and not path.exists():
+        raise AssetError(f"{what}: {text} is a local path; it has no revision (drop @{revision})")
     if local:
         return Source(str(path))
-    if at and from_root(repo).exists():
+    if at and repo and from_root(repo).exists():
         raise AssetError(f"{what}: {repo} is a local path; it has no revision (drop @{revision})")
     if not at or not repo or not revision:
         raise AssetError(

@@ -24,6 +24,7 @@ key that only one profile uses, such as the cpu proxy's shape) may be left out.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -125,6 +126,8 @@ def profile_section(
     """A section's shared keys with its ``profile`` overrides merged in deeply."""
     if not isinstance(section, dict):
         raise ConfigError(f"{where}: must be a mapping, got {type(section).__name__}")
+    if "profile" in section:
+        raise ConfigError(f"{where}.profile: the profile is chosen at the top of the file")
     merged = {k: v for k, v in section.items() if k not in PROFILES}
     for name in PROFILES:
         override = section.get(name, {}) or {}
@@ -240,6 +243,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: expected a number, got string {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        if math.isnan(value):
+            raise ConfigError(f"{where}: expected a number, got nan")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):

@@ -15,7 +15,8 @@ Implementation details that matter (measured on 2 CPU cores):
    (:func:`make_prompts`), which puts generation in the "start of a review" context.
 3. *A truncated BPE* (first ``max_merges`` merges) cuts the softmax from 50k to ~8k rows;
    on a 4-layer model that is most of the compute (see benchmarks/bench_pretrain.py).
-4. *bf16 autocast* on CPUs with AMX is ~3x faster than fp32; the saved weights are fp32.
+4. *bf16 autocast* (``bf16``) is ~1.8x faster than fp32 on CPUs with AVX512-BF16 or AMX and
+   ~15x slower on AVX2-only CPUs (emulated), so the cpu profile trains in fp32.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class PretrainConfig(StageConfig):
     warmup_steps: int
     weight_decay: float
     bf16: bool
-    """bf16 autocast on CPU: ~3x faster where the CPU has AMX/AVX512-BF16."""
+    """bf16 autocast: faster only where the CPU has AVX512-BF16/AMX (see the docstring)."""
     logging_steps: int
     n_eval_prompts: int
     prompt_tokens: int
