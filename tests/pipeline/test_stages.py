@@ -95,12 +95,36 @@ def test_upstream_stages_are_found() -> None:
     assert _upstream("01_clone_theory") == []
 
 
+class _Pipeline:
+    """Every stage run once per session into one output root, upstream stages first (as
+    DVC would), so the 00 models are trained once for all the stages that use them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.params = write_params(root / "params.yaml", copy.deepcopy(TINY_PARAMS))
+        self.out = root / "out"
+        self.done: dict[str, tuple] = {}
+
+    def run(self, stage: str) -> tuple:
+        for name in [*_upstream(stage), stage]:
+            if name not in self.done:  # each in its own cwd: its own network-guard log
+                cwd = self.root / name
+                cwd.mkdir()
+                self.done[name] = run_stage(name, self.params, self.out, cwd)
+        return self.done[stage]
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> _Pipeline:
+    return _Pipeline(tmp_path_factory.mktemp("pipeline"))
+
+
 @pytest.mark.parametrize("stage", sorted(NOTEBOOK_SECTIONS))
-def test_stage_runs_offline_end_to_end(stage: str, tiny_params: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    for name in [*_upstream(stage), stage]:  # upstream models first, into the same root
-        proc, attempts = run_stage(name, tiny_params, out, tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+def test_stage_runs_offline_end_to_end(stage: str, pipeline: _Pipeline) -> None:
+    out = pipeline.out
+    for name in [*_upstream(stage), stage]:
+        proc, attempts = pipeline.run(name)
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
         assert attempts == [], f"{name} tried to reach the network: {attempts}"
 
     metrics = json.loads((out / "results" / "metrics" / f"{stage}.json").read_text())
