@@ -39,6 +39,7 @@ import torch
 from datasets import Dataset
 
 from pluralign._typing import TextScore
+from pluralign.core.simulate import PairLabels
 from pluralign.core.stats import win_rates
 from pluralign.data.preferences import load_prompt_texts
 from pluralign.data.psoups import (
