@@ -121,13 +121,14 @@ def test_resolve_source_wants_a_revision_for_a_hub_name_only(tmp_path: Path, mon
     pinned = resolve_source("allenai/tulu-2-7b@0123abc", "policy")
     assert pinned == Source("allenai/tulu-2-7b", "0123abc") and not pinned.local
     assert str(pinned) == "allenai/tulu-2-7b@0123abc"
-    # Local: an existing folder, or anything spelled as a path, even if absent; an "@..."
-    # is then part of the path, never a revision.
+    # Local: an existing folder, or anything spelled as a path, even if absent. A local
+    # path carries no revision: "path@rev" is refused rather than read either way.
     for local in (str(tmp_path), "./not-there", "/not/there/either"):
-        for spec in (local, local + "@0123abc"):
-            src = resolve_source(spec, "policy")
-            assert src.local and src.revision is None, spec
-            assert src.name.endswith(spec.lstrip("./")), spec
+        src = resolve_source(local, "policy")
+        assert src.local and src.revision is None, local
+        assert src.name.endswith(local.lstrip("./")), local
+        with pytest.raises(AssetError, match="is a local path; it has no revision"):
+            resolve_source(local + "@0123abc", "policy")
     # A relative existing folder is local (relative to the project root, not the cwd).
     monkeypatch.setenv("PLURALIGN_ROOT", str(tmp_path))
     with pytest.raises(AssetError, match=r"prompts: 'data' is a hub name"):
@@ -389,8 +390,8 @@ def test_load_prompt_texts_checks_pinning_before_loading(
         load_prompt_texts("HuggingFaceH4/Koala-test-set", "test", "prompt")
     assert host_lookups == []  # refused before any download
     path = _jsonl(tmp_path / "p.jsonl", [{"q": "a"}])
-    # a local file takes no revision: "@v1" is read as part of its (absent) path
-    with pytest.raises(AssetError, match=r"p\.jsonl@v1(:train)?: cannot load"):
+    # a local file takes no revision: "file@v1" is refused before anything is loaded
+    with pytest.raises(AssetError, match=r"p\.jsonl@v1 is a local path; it has no revision"):
         load_prompt_texts(f"{path}@v1", "train", "q")
     with pytest.raises(AssetError, match=r"absent\.jsonl(:train)?: cannot load"):
         load_prompt_texts(str(tmp_path / "absent.jsonl"), "train", "q")

@@ -141,6 +141,7 @@ def test_notebook_05_hub_path_runs_on_local_standins(tmp_path: Path) -> None:
         "ppo_prompt_column": "instruction",
         "eval_prompts": str(koala),
         "eval_prompt_column": "prompt",
+        "eval_prompts_split": "train",  # a local JSON file loads as one "train" split
         "prompt_tokens": 48,
         "n_pref_prompts": 0,
         "judge": "reward_model",
