@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -77,3 +78,27 @@ def test_shared_stage_config_loader_is_not_where_configs_live() -> None:
     tree = ast.parse(text)
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
     assert classes == ["ConfigError", "StageConfig"]
+
+
+def test_no_stage_reaches_the_lazy_api_table() -> None:
+    """The closure leaves out ``pluralign._api`` (the root's lazy name table, loaded only by
+    ``pluralign.__getattr__``) and the modules it names. That is right only while no stage's
+    code goes through the root's lazy names; this checks it at run time, per stage."""
+    for stage in DVC:
+        notebook = ROOT / "notebooks" / f"{stage}.ipynb"
+        source = "\n".join(
+            "".join(cell["source"])
+            for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+            if cell["cell_type"] == "code"
+        )
+        imports = [
+            ast.unparse(node)
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Import | ast.ImportFrom)
+        ]
+        assert not any(i in ("import pluralign", "import pluralign as pa") for i in imports), stage
+        probe = "\n".join([*imports, "import sys", "print('pluralign._api' in sys.modules)"])
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+        ).stdout
+        assert out.strip() == "False", f"{stage}: its imports load pluralign._api"
