@@ -350,11 +350,12 @@ def arms(
 
     ``rewards``: ``control_single`` (the majority's ground truth), ``control_maxmin`` (both
     ground truths), ``<tier>_single`` (pooled), ``<tier>_maxmin`` (EM mixture), ``text_true``
-    (per true group) and ``text_majority``. Every seed: single vs MaxMin per sample for the
-    control and both tiers. ``seeds[0]`` only: per-batch argmin (oracle EM), text majority-
-    only, text per-true-group MaxMin (``with_true_groups``: skipped when EM found exactly
-    the true groups, whose rewards are then the EM rewards), and the gentle pair (oracle,
-    ``gentle_ppo``)."""
+    (per true group). Every seed: single vs MaxMin per sample for the control and both
+    tiers. ``seeds[0]`` only: per-batch argmin (oracle EM), text per-true-group MaxMin
+    (``with_true_groups``: skipped when EM found exactly the true groups, whose rewards are
+    then the EM rewards), and the gentle pair (oracle, ``gentle_ppo``). A majority-only
+    learned reward is left out: the control's single arm (the majority's true function)
+    already shows what PPO does with the majority's reward alone."""
     out = []
     for s in cfg.seeds:
         for name in ("control", "oracle", "text"):
@@ -362,7 +363,6 @@ def arms(
             out += [Arm(f"{name}_maxmin", "maxmin_sample", rewards[f"{name}_maxmin"], s)]
     s0 = cfg.seeds[0]
     out += [Arm("oracle_maxmin_batch", "maxmin_batch", rewards["oracle_maxmin"], s0)]
-    out += [Arm("text_majority", "single", rewards["text_majority"], s0)]
     if with_true_groups:
         out += [Arm("text_true", "maxmin_sample", rewards["text_true"], s0)]
     gentle = cfg.gentle_ppo.overrides()
