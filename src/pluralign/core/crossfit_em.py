@@ -14,9 +14,10 @@ held-out quantity that memorisation cannot inflate. The E-step and the empty-gro
 are those of :mod:`pluralign.core.mixture`; the final rewards are refitted on every
 comparison of the final groups.
 
-The loop is generic over the reward model: ``fit(rows) -> model`` and
+The loop is generic over the reward model: ``fit(rows, slot) -> model`` and
 ``margins(model, rows) -> r(y_w) - r(y_l)`` of those rows, so linear (:func:`fit_linear`)
-and neural rewards share it.
+and neural rewards share it. ``slot = (fold, group)`` names the model being fitted (fold -1:
+the final refit), so a neural reward can warm-start the same slot across iterations.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def user_folds(uidx: ArrayLike, n_folds: int, seed: int) -> IntArray:
 
 
 def cross_fitted_hard_em(
-    fit: Callable[[IntArray], M],
+    fit: Callable[[IntArray, tuple[int, int]], M],
     margins: Callable[[M, IntArray], FloatArray],
     users: ArrayLike,
     n_groups: int,
@@ -101,8 +102,9 @@ def cross_fitted_hard_em(
     """Hard EM over ``n_groups`` rewards from the paper's round-robin start (user h ->
     h mod K), with the E-step on out-of-fold margins (module docstring).
 
-    ``fit(rows)`` trains one reward on comparisons ``rows`` (indices into ``users``);
-    ``margins(model, rows)`` returns ``r(y_w) - r(y_l)`` of those comparisons (len(rows),).
+    ``fit(rows, (fold, k))`` trains group k's reward for ``fold`` (-1: the final refit) on
+    comparisons ``rows`` (indices into ``users``); ``margins(model, rows)`` returns
+    ``r(y_w) - r(y_l)`` of those comparisons, shape (len(rows),).
     Stops when no user changes group, or after ``n_iter`` E-steps."""
     uidx, ids, c = prepare_users(users, np.asarray(users).shape[0], None)
     K, n_users = int(n_groups), ids.size
@@ -123,7 +125,7 @@ def cross_fitted_hard_em(
             test = np.flatnonzero(folds == f)
             for k in range(K):
                 train = np.flatnonzero((g[uidx] == k) & (folds != f))
-                L[test, k] = margins(fit(train), test)
+                L[test, k] = margins(fit(train, (f, k)), test)
         S = user_log_likelihoods(L, uidx, c, n_users)  # (n_users, K), held out
         lls.append(float(S[np.arange(n_users), g].sum()))
         new = hard_e_step(S, counts)
@@ -136,7 +138,7 @@ def cross_fitted_hard_em(
             break
         g = new
     bar.close()
-    models = [fit(np.flatnonzero(g[uidx] == k)) for k in range(K)]
+    models = [fit(np.flatnonzero(g[uidx] == k), (-1, k)) for k in range(K)]
     return CrossFitEMResult(
         user_ids=ids,
         initial=initial,
@@ -152,15 +154,18 @@ def cross_fitted_hard_em(
 
 def fit_linear(
     chosen: ArrayLike, rejected: ArrayLike, lam: float
-) -> tuple[Callable[[IntArray], FloatArray], Callable[[FloatArray, IntArray], FloatArray]]:
+) -> tuple[
+    Callable[[IntArray, tuple[int, int]], FloatArray], Callable[[FloatArray, IntArray], FloatArray]
+]:
     """``fit`` and ``margins`` of a linear BT reward ``r(y) = theta . psi(y)`` on feature
     rows (n, d): ``fit`` is the ridge BT fit of :func:`pluralign.core.mixture.fit_em` with
-    one group, so the M-step is the same as the in-sample EM's."""
+    one group, so the M-step is the same as the in-sample EM's (a convex fit: the slot is
+    ignored)."""
     Z_w = np.asarray(chosen, dtype=np.float64)
     Z_l = np.asarray(rejected, dtype=np.float64)
     Z = Z_w - Z_l
 
-    def fit(rows: IntArray) -> FloatArray:
+    def fit(rows: IntArray, slot: tuple[int, int] = (-1, 0)) -> FloatArray:
         if rows.size == 0:
             raise ValueError("a group has no comparisons to fit in this fold")
         one_user = np.zeros(rows.size, dtype=np.int64)
