@@ -2,8 +2,10 @@
 
 Planted data: K orthogonal rewards of norm 3 in d dimensions, users assigned to groups at
 random, each comparison between two N(0, I) feature vectors drawn from the user's group's BT
-model. Table 1 times ``fit_em`` (hard and soft) to convergence at the headline size (goal:
-10,000 users x 100 comparisons, d = 32, K = 4 in under 10 s on 2 cores); table 2 the time per
+model. Table 1 times ``fit_em`` (hard and soft) and the cross-fitted hard EM
+(``crossfit_em.cross_fitted_hard_em``, 2 folds: notebook 04's E-step) to convergence at the
+headline size (goal: 10,000 users x 100 comparisons, d = 32, K = 4 in under 10 s on 2
+cores); table 2 the time per
 EM iteration as users grow, which should grow about linearly (E- and M-step are vectorized
 over comparisons). Each fit runs in a forked process killed after ``--cap`` seconds. The
 100,000-user size holds 10^7 comparisons: about 9 GB of memory.
@@ -22,6 +24,7 @@ import numpy as np
 from scipy.special import expit
 from sklearn.metrics import adjusted_rand_score
 
+from pluralign.core.crossfit_em import cross_fitted_hard_em, fit_linear
 from pluralign.core.mixture import fit_em
 
 
@@ -40,19 +43,23 @@ def make_data(n_users: int, per_user: int, d: int, K: int, seed: int):
     return chosen, rejected, users, groups
 
 
-def _child(conn, n_users: int, args: argparse.Namespace, hard: bool) -> None:
+def _child(conn, n_users: int, args: argparse.Namespace, how: str) -> None:
     ch, rj, u, groups = make_data(n_users, args.per_user, args.d, args.K, args.seed)
     t0 = time.perf_counter()
-    res = fit_em(ch, rj, u, args.K, hard=hard, n_iter=args.n_iter, seed=args.seed)
+    if how == "cross-fitted":
+        fit, margins = fit_linear(ch, rj, lam=1e-2)
+        res = cross_fitted_hard_em(fit, margins, u, args.K, n_iter=args.n_iter, seed=args.seed)
+    else:
+        res = fit_em(ch, rj, u, args.K, hard=how == "hard", n_iter=args.n_iter, seed=args.seed)
     sec = time.perf_counter() - t0
     conn.send((sec, res.n_iter, res.converged, adjusted_rand_score(groups, res.assignment)))
 
 
-def timed(n_users: int, args: argparse.Namespace, hard: bool):
+def timed(n_users: int, args: argparse.Namespace, how: str):
     """(seconds, n_iter, converged, ARI) of one fit in a forked process; None past the cap."""
     ctx = mp.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, n_users, args, hard))
+    proc = ctx.Process(target=_child, args=(send, n_users, args, how))
     proc.start()
     send.close()
     out = recv.recv() if recv.poll(args.cap) else None
@@ -88,10 +95,9 @@ def main() -> None:
     print(f"d = {args.d}, K = {args.K}, {args.per_user} comparisons per user, cap {args.cap:g} s")
     print("\n| EM | users | comparisons | seconds | iterations | converged | ARI |")
     print("|---|---|---|---|---|---|---|")
-    for hard in (True, False):
-        out = timed(headline, args, hard)
+    for name in ("hard", "soft", "cross-fitted"):
+        out = timed(headline, args, name)
         n = headline * args.per_user
-        name = "hard" if hard else "soft"
         if out is None:
             print(f"| {name} | {headline:,} | {n:,} | > {args.cap:g} | | | |", flush=True)
             continue
@@ -104,7 +110,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for n_users in scaling:
         n = n_users * args.per_user
-        out = timed(n_users, args, hard=True)
+        out = timed(n_users, args, "hard")
         if out is None:
             print(f"| {n_users:,} | {n:,} | > {args.cap:g} | | | |", flush=True)
             break  # larger sizes would take longer still

@@ -409,7 +409,7 @@ def test_config_fingerprint_is_stable_and_sensitive() -> None:
     assert fp not in fps and len(fps) == len(changed)
 
 
-# --------------------------------------------------------------------------- the design
+# --------------------------------------------------------------------------- the config
 
 
 @pytest.fixture
@@ -417,82 +417,35 @@ def cfg(tiny_params: Path) -> exp.Config:
     return load_stage_config("maxmin_gpt2", exp.Config, tiny_params, "cpu")
 
 
-def test_config_loads_nested_sections_and_needs_the_main_ratio(cfg: exp.Config) -> None:
+def test_config_loads_from_the_tiny_params_and_needs_the_main_ratio(cfg: exp.Config) -> None:
+    # tiny_overrides.yaml over params.yaml's shared keys
     assert cfg.generation.max_new_tokens == 6 and cfg.ppo.n_updates == 2
-    assert cfg.reward_model.max_length == 16
-    assert cfg.main_ratio == 2 and cfg.main_ratio in cfg.ratio_grid  # 4 : 2 users
-    with pytest.raises(ValueError, match=r"ratio_grid \[1, 4\] must hold the main ratio .* = 2"):
+    assert cfg.ppo.learning_rate == 1e-4 and cfg.ppo.kl_coef == 0.05  # override and shared
+    assert cfg.gentle_ppo == exp.GentlePPO(learning_rate=5e-5, n_updates=3)
+    assert cfg.gentle_ppo.overrides() == {"learning_rate": 5e-5, "n_updates": 3}
+    assert (cfg.heldout_fraction, cfg.em_folds, cfg.text_max_length) == (0.5, 2, 16)
+    assert (cfg.oracle_ridge, cfg.text_ridge) == (0.01, 10.0)
+    assert cfg.seeds == [0] and cfg.ratio_grid == [1, 2]
+    assert cfg.main_ratio == 2  # 4 : 2 users
+    with pytest.raises(
+        ValueError,
+        match=r"ratio_grid \[1, 4\] must hold the main ratio users_majority / users_minority = 2",
+    ):
         dataclasses.replace(cfg, ratio_grid=[1, 4])
-    odd = dataclasses.replace(cfg, users_majority=30, users_minority=3, ratio_grid=[10])
-    assert odd.main_ratio == 10
+    paper_ratio = dataclasses.replace(cfg, users_majority=30, users_minority=3, ratio_grid=[10])
+    assert paper_ratio.main_ratio == 10
 
 
-def test_arms_list_the_runs_in_the_documented_order(cfg: exp.Config) -> None:
-    cfg = dataclasses.replace(cfg, seeds=[3, 4], ratio_grid=[4, 2, 1], kl_coef_high=0.7)
-
-    def reward(tag: str):
-        return lambda texts: np.full(len(texts), len(tag), dtype=np.float64)
-
-    single = {r: {"single": reward(f"s{r}")} for r in (1, 2, 4)}
-    em = {r: {"em0:sentiment": reward(f"e{r}"), "em1:concise": reward(f"f{r}")} for r in (1, 2, 4)}
-    true = {g: reward(g) for g in GROUPS}
-    runs = exp.arms(cfg, single, em, true)
-    assert all(isinstance(a, Arm) for a in runs)
-    assert [(a.name, a.how, a.seed) for a in runs] == [
-        ("single", "single", 3),
-        ("single", "single", 4),
-        ("maxmin_em", "maxmin_sample", 3),
-        ("maxmin_em", "maxmin_sample", 4),
-        ("maxmin_true", "maxmin_sample", 3),
-        ("maxmin_true", "maxmin_sample", 4),
-        ("maxmin_batch_true", "maxmin_batch", 3),
-        ("softmin_true", "softmin", 3),
-        ("single_kl_high", "single", 3),
-        ("maxmin_true_kl_high", "maxmin_sample", 3),
-        ("single_ratio_1", "single", 3),
-        ("maxmin_em_ratio_1", "maxmin_sample", 3),
-        ("single_ratio_4", "single", 3),
-        ("maxmin_em_ratio_4", "maxmin_sample", 3),
-    ]
-    by_name = {a.name: a for a in runs}  # the last seed of each name
-    assert by_name["single"].rewards is single[2] and by_name["maxmin_em"].rewards is em[2]
-    assert by_name["maxmin_true"].rewards is true and by_name["softmin_true"].rewards is true
-    assert by_name["single_ratio_1"].rewards is single[1]
-    assert by_name["maxmin_em_ratio_4"].rewards is em[4]
-    assert by_name["softmin_true"].softmin_temperature == cfg.softmin_temperature
-    assert {a.softmin_temperature for a in runs if a.name != "softmin_true"} == {0.0}
-    high = [a for a in runs if a.ppo_overrides]
-    assert [a.name for a in high] == ["single_kl_high", "maxmin_true_kl_high"]
-    for a in runs:
-        expected = 0.7 if a.ppo_overrides else cfg.ppo.kl_coef
-        assert a.settings(cfg.ppo).kl_coef == expected
-        assert a.settings(cfg.ppo).n_updates == cfg.ppo.n_updates
-    # ratio_of inverts the naming of the sweep
-    assert {a.name: exp.ratio_of(a.name, cfg.main_ratio) for a in runs} == {
-        "single": 2,
-        "maxmin_em": 2,
-        "maxmin_true": None,
-        "maxmin_batch_true": None,
-        "softmin_true": None,
-        "single_kl_high": None,
-        "maxmin_true_kl_high": None,
-        "single_ratio_1": 1,
-        "maxmin_em_ratio_1": 1,
-        "single_ratio_4": 4,
-        "maxmin_em_ratio_4": 4,
-    }
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_config_needs_a_heldout_fraction_strictly_between_0_and_1(
+    cfg: exp.Config, fraction: float
+) -> None:
+    with pytest.raises(ValueError, match=r"heldout_fraction must be in \(0, 1\)"):
+        dataclasses.replace(cfg, heldout_fraction=fraction)
+    assert dataclasses.replace(cfg, heldout_fraction=0.25).heldout_fraction == 0.25
 
 
-def test_em_rewards_are_named_by_model_and_the_group_it_holds() -> None:
-    models = ["m0", "m1", "m2"]
-    named = exp.em_rewards(models, [1, 0, 1], lambda m: f"score({m})")
-    assert named == {
-        "em0:concise": "score(m0)",
-        "em1:sentiment": "score(m1)",
-        "em2:concise": "score(m2)",
-    }
-    with pytest.raises(ValueError):
-        exp.em_rewards(models, [0, 1], str)  # one group per model
+# --------------------------------------------------------------------------- features
 
 
 def test_truth_of_is_ground_truth_as_a_callable() -> None:
@@ -512,3 +465,424 @@ def test_truth_of_is_ground_truth_as_a_callable() -> None:
     pd.testing.assert_frame_equal(got, ground_truth(roll, sentiment, 3))
     np.testing.assert_allclose(got["concise"], [-1 / 3, -1.0, -2 / 3])
     np.testing.assert_allclose(got["sentiment"], [0.1, 0.2, 0.3])
+
+
+def test_token_counter_counts_each_text_without_special_tokens(tok) -> None:
+    texts = ["This movie was great", "", " a  b c", "Worst film I have seen in years honestly"]
+    got = exp.token_counter(tok)(texts)
+    expected = [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
+    assert got.dtype == np.float64
+    assert got.tolist() == expected
+    assert expected[1] == 0 and min(expected[0], expected[3]) > 3  # the texts differ in length
+
+
+def lookup(table: dict[str, list[float]], calls: list[list[str]] | None = None):
+    """A raw feature function that returns known rows per text and records its calls."""
+
+    def raw(texts: list[str]) -> np.ndarray:
+        if calls is not None:
+            calls.append(list(texts))
+        return np.array([table[t] for t in texts], dtype=np.float64)
+
+    return raw
+
+
+# norm texts: column means (3, 5, 5); population stds sqrt(8/3), 0 (-> 1), sqrt(26/3)
+NORM = {"a": [1.0, 5.0, 2.0], "b": [3.0, 5.0, 4.0], "c": [5.0, 5.0, 9.0]}
+# their z-scores by hand: x -> (1, 2, 0), y -> (-1, 0, 2)
+QUERY = {
+    "x": [3.0 + math.sqrt(8 / 3), 7.0, 5.0],
+    "y": [3.0 - math.sqrt(8 / 3), 5.0, 5.0 + 2 * math.sqrt(26 / 3)],
+}
+
+
+def test_feature_map_z_scores_with_the_norm_texts_statistics() -> None:
+    fm = exp.FeatureMap(lookup({**NORM, **QUERY}), ["a", "b", "c"])
+    np.testing.assert_allclose(fm.mean, [3.0, 5.0, 5.0])
+    np.testing.assert_allclose(fm.std, [math.sqrt(8 / 3), 1.0, math.sqrt(26 / 3)])
+    got = fm(["x", "y"])
+    np.testing.assert_allclose(got, [[1.0, 2.0, 0.0], [-1.0, 0.0, 2.0]], atol=1e-12)
+    # the norm texts themselves: mean 0, and std 1 except the constant column (0, no NaN)
+    z = fm(["a", "b", "c"])
+    assert np.all(np.isfinite(z))
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(z.std(axis=0), [1.0, 0.0, 1.0], atol=1e-12)
+    # transform z-scores raw rows computed elsewhere the same way
+    np.testing.assert_allclose(fm.transform(np.array([QUERY["x"], QUERY["y"]])), got)
+
+
+def test_feature_map_caches_only_the_last_batch() -> None:
+    calls: list[list[str]] = []
+    fm = exp.FeatureMap(lookup({**NORM, **QUERY}, calls), ["a", "b", "c"])
+    assert calls == [["a", "b", "c"]]  # the norm texts, once
+    first = fm(["x", "y"])
+    second = fm(["x", "y"])  # an equal batch in a new list: served from the cache
+    assert len(calls) == 2 and calls[-1] == ["x", "y"]
+    np.testing.assert_array_equal(first, second)
+    fm(["y", "x"])  # another batch (same texts, other order) is computed
+    assert len(calls) == 3 and calls[-1] == ["y", "x"]
+    again = fm(["x", "y"])  # only the last batch is kept
+    assert len(calls) == 4
+    np.testing.assert_array_equal(again, first)
+
+
+def test_oracle_raw_linear_reward_and_concise_of_text() -> None:
+    texts = ["one", "three words here", "two words"]
+
+    def sentiment(t: list[str]) -> np.ndarray:
+        return np.array([0.25, 0.5, 0.75])[: len(t)]
+
+    def count(t: list[str]) -> np.ndarray:
+        return np.array([len(s.split()) for s in t], dtype=np.float64)
+
+    raw = exp.oracle_raw(sentiment, count)(texts)
+    assert raw.shape == (3, 2) and raw.dtype == np.float64
+    np.testing.assert_array_equal(raw[:, 0], [0.25, 0.5, 0.75])  # P(positive)
+    np.testing.assert_array_equal(raw[:, 1], [1.0, 3.0, 2.0])  # tokens
+
+    fm = exp.FeatureMap(lookup({**NORM, **QUERY}), ["a", "b", "c"])
+    reward = exp.LinearReward(fm, np.array([0.5, -1.0, 3.0]))
+    # z(x) = (1, 2, 0), z(y) = (-1, 0, 2): 0.5 - 2 + 0 and -0.5 + 0 + 6
+    np.testing.assert_allclose(reward(["x", "y"]), [-1.5, 5.5])
+
+    concise = exp.concise_of_text(count, max_new_tokens=4)
+    np.testing.assert_allclose(concise(texts), [-0.25, -0.75, -0.5])
+
+
+def test_concise_of_text_with_the_token_counter(tok) -> None:
+    texts = ["I liked it", "The plot is thin but the music works"]
+    n = [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
+    got = exp.concise_of_text(exp.token_counter(tok), 8)(texts)
+    np.testing.assert_allclose(got, [-n[0] / 8, -n[1] / 8])
+
+
+# --------------------------------------------------------------------------- reward learning
+
+
+def test_comparison_features_pick_rows_by_pair_and_winner() -> None:
+    X_a = np.arange(6, dtype=np.float64).reshape(3, 2)  # pair p: (2p, 2p + 1)
+    X_b = X_a + 10.0
+    lab = PairLabels(
+        user=np.array([0, 0, 1, 1]),
+        pair=np.array([0, 2, 1, 2]),
+        a_wins=np.array([True, False, True, True]),
+        user_group=np.array([0, 1]),
+        p_a=np.full(4, 0.5),
+    )
+    chosen, rejected = exp.comparison_features(X_a, X_b, lab)
+    np.testing.assert_array_equal(chosen, [[0, 1], [14, 15], [2, 3], [4, 5]])
+    np.testing.assert_array_equal(rejected, [[10, 11], [4, 5], [12, 13], [14, 15]])
+
+
+def ridge_bt(chosen: np.ndarray, rejected: np.ndarray, lam: float) -> np.ndarray:
+    """argmin -sum log sigma(theta . (w - l)) + lam / 2 |theta|^2 by scipy's BFGS."""
+    from scipy.optimize import minimize
+    from scipy.special import log_expit
+
+    Z = chosen - rejected
+
+    def f(theta):
+        return -log_expit(Z @ theta).sum() + 0.5 * lam * theta @ theta
+
+    def grad(theta):
+        return -Z.T @ (1 - np.exp(log_expit(Z @ theta))) + lam * theta
+
+    res = minimize(f, np.zeros(Z.shape[1]), jac=grad, method="BFGS", options={"gtol": 1e-10})
+    return res.x
+
+
+@pytest.fixture(scope="module")
+def planted_tier():
+    """300 pairs of 2-D features; 12 majority users want feature 0 (the "sentiment" group),
+    4 minority users feature 1 ("concise"): BT labels on that ground truth, beta 3."""
+    rng = np.random.default_rng(0)
+    X_a, X_b = rng.normal(size=(300, 2)), rng.normal(size=(300, 2))
+    labels = label_pairs(X_a, X_b, [12, 4], 40, beta=3.0, seed=1)
+    fit = exp.fit_tier(X_a, X_b, labels, ridge=0.01, em_iters=10, em_folds=2, seed=0)
+    return X_a, X_b, labels, fit
+
+
+def test_fit_tier_on_a_planted_mixture(planted_tier) -> None:
+    X_a, X_b, labels, fit = planted_tier
+    chosen, rejected = exp.comparison_features(X_a, X_b, labels)
+    group_of_row = labels.user_group[labels.user]
+    # pooled and per-group thetas are the ridge BT fits on their comparisons
+    np.testing.assert_allclose(fit.pooled, ridge_bt(chosen, rejected, 0.01), atol=1e-5)
+    for k, g in enumerate(GROUPS):
+        rows = group_of_row == k
+        expected = ridge_bt(chosen[rows], rejected[rows], 0.01)
+        np.testing.assert_allclose(fit.per_group[g], expected, atol=1e-5)
+    assert list(fit.per_group) == list(GROUPS)
+    # each group's own reward finds its planted direction (3 e_k)
+    for k, g in enumerate(GROUPS):
+        theta = fit.per_group[g]
+        assert abs(theta[k] - 3.0) < 1.0 and abs(theta[1 - k]) < 0.75, (g, theta)
+    # the pooled reward leans to the majority's feature but keeps some of the minority's
+    assert fit.pooled[0] > 2 * fit.pooled[1] > 0
+    # EM finds the planted groups from the round-robin start (which mixes them)
+    assert fit.em_ari == pytest.approx(1.0) and fit.in_sample_ari == pytest.approx(1.0)
+    assert sorted(fit.em_groups) == [0, 1]
+    assert fit.em.moved_from_start > 0 and fit.in_sample_moved > 0
+    truth = labels.user_group[fit.em.user_ids]
+    for k, g in enumerate(fit.em_groups):
+        assert np.all(truth[fit.em.assignment == k] == g)
+        assert int(np.argmax(fit.em.models[k])) == g  # model k leans to its group's feature
+        # refitted on all comparisons of its users: here the true group's, so = per_group
+        np.testing.assert_allclose(fit.em.models[k], fit.per_group[GROUPS[g]], atol=1e-5)
+
+
+def test_em_rewards_are_named_by_model_and_the_group_it_holds(planted_tier) -> None:
+    *_, fit = planted_tier
+    fm = exp.FeatureMap(lookup({**NORM, **QUERY}), ["a", "b", "c"])
+    named = exp.em_rewards(fit, fm)
+    expected_names = [f"em{k}:{GROUPS[g]}" for k, g in enumerate(fit.em_groups)]
+    assert list(named) == expected_names
+    assert sorted(n.split(":")[1] for n in named) == ["concise", "sentiment"]
+    for k, reward in enumerate(named.values()):
+        assert isinstance(reward, exp.LinearReward)
+        assert reward.features is fm and reward.theta is fit.em.models[k]
+    # two models holding the same group keep distinct names by their index
+    same = dataclasses.replace(fit, em_groups=[1, 1])
+    assert list(exp.em_rewards(same, fm)) == ["em0:concise", "em1:concise"]
+
+
+# --------------------------------------------------------------------------- the premise
+
+SCORE_A = np.array([1.0, 0.0, 2.0, 5.0])
+SCORE_B = np.array([0.0, 1.0, 2.0, 3.0])  # reward signs: +, -, tie, +
+TRUTH_A = pd.DataFrame({"sentiment": [0.9, 0.8, 0.1, 0.5], "concise": [0.0, -1.0, -0.5, 0.0]})
+TRUTH_B = pd.DataFrame({"sentiment": [0.1, 0.2, 0.4, 0.5], "concise": [-0.5, -0.5, -0.5, -0.1]})
+
+
+def test_pair_agreement_by_hand() -> None:
+    got = exp.pair_agreement(SCORE_A, SCORE_B, TRUTH_A, TRUTH_B)
+    assert list(got) == ["sentiment", "concise"]
+    # sentiment truth signs +, +, -, tie (dropped): reward +, -, tie -> 1, 0, 1/2
+    np.testing.assert_array_equal(got["sentiment"], [1.0, 0.0, 0.5])
+    # concise truth signs +, -, tie (dropped), +: reward +, -, + -> 1, 1, 1
+    np.testing.assert_array_equal(got["concise"], [1.0, 1.0, 1.0])
+
+
+def test_accuracy_table_rows_columns_and_a_group_tied_everywhere() -> None:
+    scores = {
+        ("oracle", "pooled"): (SCORE_A, SCORE_B),
+        ("text", "sentiment"): (SCORE_B, SCORE_A),  # the reverse ordering
+    }
+    table = exp.accuracy_table(scores, TRUTH_A, TRUTH_B, n_boot=200, seed=0)
+    assert list(table.columns) == ["tier", "reward", "group", "accuracy", "lo", "hi", "pairs"]
+    keys = list(zip(table["tier"], table["reward"], table["group"], strict=True))
+    assert keys == [
+        ("oracle", "pooled", "sentiment"),
+        ("oracle", "pooled", "concise"),
+        ("text", "sentiment", "sentiment"),
+        ("text", "sentiment", "concise"),
+    ]
+    np.testing.assert_allclose(table["accuracy"], [0.5, 1.0, 0.5, 0.0])
+    assert table["pairs"].tolist() == [3, 3, 3, 3]
+    assert (table["lo"] <= table["accuracy"]).all() and (table["accuracy"] <= table["hi"]).all()
+    assert table.loc[0, "lo"] < table.loc[0, "hi"]  # 1, 0, 1/2 resampled: an interval
+    # concise ties on every pair: no accuracy, no interval, zero pairs
+    tied_b = TRUTH_B.assign(concise=TRUTH_A["concise"])
+    tied = exp.accuracy_table(scores, TRUTH_A, tied_b, n_boot=200, seed=0)
+    concise = tied[tied["group"] == "concise"]
+    assert len(concise) == 2 and concise["pairs"].tolist() == [0, 0]
+    assert concise[["accuracy", "lo", "hi"]].isna().all().all()
+    np.testing.assert_allclose(tied.loc[tied["group"] == "sentiment", "accuracy"], [0.5, 0.5])
+
+
+def accuracy_rows(tier: str, pooled_major, pooled_minor, own_minor, own_major=(0.9, 0.8, 1.0)):
+    """Rows of an accuracy table for one tier: (accuracy, lo, hi) per (reward, group)."""
+    cells = {
+        ("pooled", "sentiment"): pooled_major,
+        ("pooled", "concise"): pooled_minor,
+        ("concise", "concise"): own_minor,
+        ("sentiment", "sentiment"): own_major,
+        ("concise", "sentiment"): (0.5, 0.4, 0.6),
+        ("sentiment", "concise"): (0.5, 0.4, 0.6),
+    }
+    return [
+        {"tier": tier, "reward": r, "group": g, "accuracy": a, "lo": lo, "hi": hi}
+        for (r, g), (a, lo, hi) in cells.items()
+    ]
+
+
+def test_premise_by_the_rule() -> None:
+    holds = accuracy_rows("oracle", (0.9, 0.85, 0.95), (0.55, 0.5, 0.6), (0.85, 0.8, 0.9))
+    # another tier where nothing holds must not leak into the oracle's verdict
+    other = accuracy_rows("text", (0.6, 0.5, 0.7), (0.6, 0.5, 0.7), (0.6, 0.5, 0.7))
+    table = pd.DataFrame(holds + other)
+    assert exp.premise(table, "oracle") == {
+        "pooled_majority_accuracy": 0.9,
+        "pooled_minority_accuracy": 0.55,
+        "own_minority_accuracy": 0.85,
+        "majority_dominated": True,
+        "far_from_minority": True,
+        "holds": True,
+    }
+    text = exp.premise(table, "text")
+    assert not text["majority_dominated"] and not text["far_from_minority"]
+    assert not text["holds"]
+    # not dominated: the pooled majority CI touches the pooled minority CI (lo == hi)
+    touch = pd.DataFrame(
+        accuracy_rows("oracle", (0.8, 0.6, 0.95), (0.55, 0.5, 0.6), (0.85, 0.8, 0.9))
+    )
+    got = exp.premise(touch, "oracle")
+    assert (got["majority_dominated"], got["far_from_minority"], got["holds"]) == (
+        False,
+        True,
+        False,
+    )
+    # not far: the minority's own reward's CI overlaps the pooled reward's on minority pairs
+    near = pd.DataFrame(
+        accuracy_rows("oracle", (0.9, 0.85, 0.95), (0.55, 0.5, 0.6), (0.65, 0.58, 0.72))
+    )
+    got = exp.premise(near, "oracle")
+    assert (got["majority_dominated"], got["far_from_minority"], got["holds"]) == (
+        True,
+        False,
+        False,
+    )
+    assert got["own_minority_accuracy"] == 0.65
+
+
+# --------------------------------------------------------------------------- the design
+
+
+def test_arms_list_the_runs_in_the_documented_order(cfg: exp.Config) -> None:
+    cfg = dataclasses.replace(cfg, seeds=[3, 4])
+
+    def reward(tag: str):
+        return {tag: lambda texts: np.full(len(texts), len(tag), dtype=np.float64)}
+
+    names = ["control", "oracle", "text"]
+    rewards = {f"{n}_{k}": reward(f"{n}_{k}") for n in names for k in ("single", "maxmin")}
+    rewards["text_true"] = reward("text_true")
+    runs = exp.arms(cfg, rewards, with_true_groups=True)
+    assert all(isinstance(a, Arm) for a in runs)
+    per_seed = [
+        (f"{n}_{k}", how, s)
+        for s in (3, 4)
+        for n in names
+        for k, how in (("single", "single"), ("maxmin", "maxmin_sample"))
+    ]
+    assert [(a.name, a.how, a.seed) for a in runs] == [
+        *per_seed,
+        ("oracle_maxmin_batch", "maxmin_batch", 3),
+        ("text_true", "maxmin_sample", 3),
+        ("gentle_single", "single", 3),
+        ("gentle_maxmin", "maxmin_sample", 3),
+    ]
+    by_name = {a.name: a for a in runs}
+    for n in names:
+        for k in ("single", "maxmin"):
+            assert by_name[f"{n}_{k}"].rewards is rewards[f"{n}_{k}"]
+    assert by_name["oracle_maxmin_batch"].rewards is rewards["oracle_maxmin"]
+    assert by_name["text_true"].rewards is rewards["text_true"]
+    assert by_name["gentle_single"].rewards is rewards["oracle_single"]
+    assert by_name["gentle_maxmin"].rewards is rewards["oracle_maxmin"]
+    # the gentle pair runs with gentle_ppo's lr and updates, the rest with cfg.ppo's
+    assert (cfg.gentle_ppo.learning_rate, cfg.gentle_ppo.n_updates) == (5e-5, 3)
+    assert (cfg.ppo.learning_rate, cfg.ppo.n_updates) == (1e-4, 2)
+    for a in runs:
+        s = a.settings(cfg.ppo)
+        gentle = a.name.startswith("gentle")
+        assert s.learning_rate == (5e-5 if gentle else 1e-4)
+        assert s.n_updates == (3 if gentle else 2)
+        assert dataclasses.replace(s, learning_rate=1e-4, n_updates=2) == cfg.ppo
+        assert a.softmin_temperature == 0.0
+
+    without = exp.arms(cfg, rewards, with_true_groups=False)
+    assert [a.name for a in without] == [a.name for a in runs if a.name != "text_true"]
+
+
+def test_arms_need_no_text_true_reward_without_true_groups(cfg: exp.Config) -> None:
+    rewards = {
+        f"{n}_{k}": {"r": np.ones}
+        for n in ("control", "oracle", "text")
+        for k in ("single", "maxmin")
+    }
+    runs = exp.arms(cfg, rewards, with_true_groups=False)  # no KeyError for text_true
+    assert len(runs) == 6 * len(cfg.seeds) + 3
+    with pytest.raises(KeyError, match="text_true"):
+        exp.arms(cfg, rewards, with_true_groups=True)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def frame(sentiment: list[float], concise: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"sentiment": sentiment, "concise": concise})
+
+
+def test_head_to_head_win_rates_by_hand() -> None:
+    truths = {
+        # control: seeds 0 and 1 on both sides; seed 2 of the single run has no partner
+        ("control_single", 0): frame([0.5, 0.5, 0.5], [-0.5, -0.5, -0.5]),
+        ("control_maxmin", 0): frame([0.6, 0.5, 0.4], [-0.25, -0.25, -0.75]),
+        ("control_single", 1): frame([0.2, 0.2, 0.2], [-0.5, -0.25, -1.0]),
+        ("control_maxmin", 1): frame([0.3, 0.3, 0.3], [-0.5, -0.5, -0.5]),
+        ("control_single", 2): frame([9.0, 9.0, 9.0], [9.0, 9.0, 9.0]),
+        # oracle: only seed 1 is shared (seed 0 single-only, seed 5 maxmin-only)
+        ("oracle_single", 0): frame([-9.0, -9.0, -9.0], [-9.0, -9.0, -9.0]),
+        ("oracle_single", 1): frame([0.5, 0.5, 0.5], [-0.5, -0.5, -0.5]),
+        ("oracle_maxmin", 1): frame([0.4, 0.6, 0.4], [-0.5, -0.25, -0.25]),
+        ("oracle_maxmin", 5): frame([9.0, 9.0, 9.0], [9.0, 9.0, 9.0]),
+        # text: no seed in common; gentle: absent
+        ("text_single", 0): frame([0.5, 0.5, 0.5], [-0.5, -0.5, -0.5]),
+        ("text_maxmin", 1): frame([0.6, 0.6, 0.6], [-0.2, -0.2, -0.2]),
+    }
+    table = exp.head_to_head(truths, n_boot=300, seed=0)
+    assert list(table.columns) == ["comparison", "group", "win_rate", "lo", "hi"]
+    assert table["comparison"].unique().tolist() == ["control", "oracle"]
+    t = table.set_index(["comparison", "group"])
+    assert t.loc["control"].index.tolist() == ["sentiment", "concise", "average"]
+    # control: sentiment 1, 1/2, 0 | 1, 1, 1; concise 1, 1, 0 | 1/2, 0, 1
+    expected = {
+        ("control", "sentiment"): 4.5 / 6,
+        ("control", "concise"): 3.5 / 6,
+        ("control", "average"): (4.5 / 6 + 3.5 / 6) / 2,
+        # oracle (seed 1 only): sentiment 0, 1, 0; concise 1/2, 1, 1
+        ("oracle", "sentiment"): 1 / 3,
+        ("oracle", "concise"): 2.5 / 3,
+        ("oracle", "average"): (1 / 3 + 2.5 / 3) / 2,
+    }
+    for key, value in expected.items():
+        assert t.loc[key, "win_rate"] == pytest.approx(value, abs=1e-12), key
+        assert t.loc[key, "lo"] <= t.loc[key, "win_rate"] <= t.loc[key, "hi"], key
+    assert t.loc[("control", "sentiment"), "lo"] < t.loc[("control", "sentiment"), "hi"]
+
+
+def h2h_table(control_lo: float, oracle: tuple[float, float], text: tuple[float, float]):
+    """A head-to-head table with the minority rows that matter (lo, hi) and some others."""
+    rows = [
+        ("control", "sentiment", 0.4, 0.3, 0.5),
+        ("control", "concise", control_lo + 0.1, control_lo, control_lo + 0.2),
+        ("oracle", "sentiment", 0.9, 0.85, 0.95),  # a majority row never decides
+        ("oracle", "concise", sum(oracle) / 2, *oracle),
+        ("text", "sentiment", 0.1, 0.05, 0.15),
+        ("text", "concise", sum(text) / 2, *text),
+    ]
+    return pd.DataFrame(rows, columns=["comparison", "group", "win_rate", "lo", "hi"])
+
+
+def test_verdict_by_the_rule_fixed_before_the_runs() -> None:
+    both = {"oracle": True, "text": True}
+    # no power: the control's minority lower bound is not above 1/2 (boundary included)
+    for lo in (0.5, 0.3):
+        table = h2h_table(lo, (0.7, 0.9), (0.7, 0.9))
+        assert exp.verdict(table, both) == {"oracle": "no power", "text": "no power"}
+    no_control = h2h_table(0.7, (0.7, 0.9), (0.7, 0.9)).query("comparison != 'control'")
+    assert exp.verdict(no_control, both) == {"oracle": "no power", "text": "no power"}
+    # with power: reproduces (lo > 1/2) and reversed (hi < 1/2)
+    table = h2h_table(0.6, (0.55, 0.8), (0.2, 0.45))
+    assert exp.verdict(table, both) == {"oracle": "reproduces", "text": "reversed"}
+    # a failed premise overrides a win
+    assert exp.verdict(table, {"oracle": False, "text": True}) == {
+        "oracle": "premise fails",
+        "text": "reversed",
+    }
+    # CIs that hold 1/2, on the boundary too: no difference
+    table = h2h_table(0.6, (0.5, 0.7), (0.3, 0.5))
+    assert exp.verdict(table, both) == {"oracle": "no difference", "text": "no difference"}
+    table = h2h_table(0.6, (0.4, 0.6), (0.45, 0.55))
+    assert exp.verdict(table, both) == {"oracle": "no difference", "text": "no difference"}

@@ -48,11 +48,12 @@ def test_nested_sections_merge_deeply_and_become_typed_settings() -> None:
     # shared keys of the ppo section survive a profile that overrides others in it
     assert cpu.ppo.kl_coef == paper.ppo.kl_coef == 0.05
     assert (cpu.ppo.n_updates, paper.ppo.n_updates) == (40, 200)
-    assert cpu.reward_model.trainer_args() == {
-        "learning_rate": 1e-4,
-        "num_train_epochs": 2.0,
-        "per_device_train_batch_size": 32,
-    }
+    # a nested section of a stage's own type, typed like the yaml says
+    assert isinstance(cpu.gentle_ppo, maxmin_gpt2.GentlePPO)
+    assert (cpu.gentle_ppo.learning_rate, cpu.gentle_ppo.n_updates) == (1e-4, 60)
+    assert (paper.gentle_ppo.learning_rate, paper.gentle_ppo.n_updates) == (7e-6, 300)
+    assert type(cpu.gentle_ppo.n_updates) is int
+    assert type(cpu.gentle_ppo.learning_rate) is float
     assert cpu.generation.max_new_tokens == 32
 
 
