@@ -18,6 +18,7 @@ from pluralign.core import mixture
 from pluralign.core.mixture import fit_em, soft_e_step, user_log_likelihoods
 from pluralign.pipeline.assets import load_gpt2_tokenizer, packaged_minilm
 from pluralign.training import neural_mixture
+from pluralign.training.neural_crossfit import fit_neural_crossfit_em
 from pluralign.training.neural_mixture import NeuralEMResult, fit_neural_em
 from pluralign.training.reward_models import (
     WeightedRewardTrainer,
@@ -302,3 +303,43 @@ def test_fit_neural_em_runs_the_linear_em_loop_and_keeps_its_bookkeeping(bert_to
     )
     np.testing.assert_array_equal(hard.initial, np.arange(6) % 2)
     np.testing.assert_allclose(hard.weights, np.bincount(hard.assignment, minlength=2) / 6)
+
+
+# ------------------------------------------------------------------ cross-fitted neural EM
+
+
+def test_cross_fitted_neural_em_recovers_planted_groups(bert_tok):
+    chosen, rejected, users, truth = planted()
+    calls = []
+
+    def make(k):
+        calls.append(k)
+        return tiny_bert(bert_tok)
+
+    res = fit_neural_crossfit_em(
+        chosen, rejected, users, 2, make, bert_tok, n_iter=5, seed=0, max_length=16,
+        train_args=FAST,
+    )  # fmt: skip
+    assert adjusted_rand_score(truth, res.assignment) == 1.0
+    assert res.moved[0] > 0 and res.moved_from_start > 0
+    # one model per (fold, group) slot, warm-started across iterations, + K final models
+    assert len(calls) == 2 * 2 + 2
+    r = np.stack([score_texts(m, bert_tok, TEXTS, 16) for m in res.models], 1)
+    for k in range(2):
+        color = "blue" if truth[res.assignment == k][0] == 0 else "red"
+        assert color in TEXTS[int(np.argmax(r[:, k]))]
+
+
+def test_cross_fitted_neural_em_validates_input(bert_tok):
+    chosen, rejected, users, _ = planted()
+    with pytest.raises(ValueError, match="chosen has"):
+        fit_neural_crossfit_em(chosen, rejected[:-1], users, 2, None, bert_tok)
+    with pytest.raises(ValueError, match="num_labels=1"):
+        fit_neural_crossfit_em(
+            chosen, rejected, users, 2,
+            lambda k: BertForSequenceClassification(BertConfig(
+                vocab_size=bert_tok.vocab_size, hidden_size=8, num_hidden_layers=1,
+                num_attention_heads=2, intermediate_size=8, num_labels=2,
+            )),
+            bert_tok, n_iter=1,
+        )  # fmt: skip
