@@ -473,10 +473,12 @@ def test_config_merges_the_nested_neural_reward_model_settings(tiny_params: Path
         load_stage_config("em_mixtures", Config, old)
 
 
-def test_neural_text_em_trains_with_the_reward_model_settings(monkeypatch) -> None:
+@pytest.mark.parametrize("folds", [0, 2])
+def test_neural_text_em_trains_with_the_reward_model_settings(monkeypatch, folds) -> None:
     """neural_text_em hands the RewardModelSettings to the neural EM (max_length and the
     trainer arguments), builds one-output classifiers of the backbone, and reports the
-    simulated comparisons; fit_neural_em is replaced by a stand-in that records its call."""
+    simulated comparisons; the EM (in-sample, or cross-fitted with ``folds``) is replaced
+    by a stand-in that records its call."""
     calls: dict = {}
     loaded: list = []
 
@@ -486,6 +488,8 @@ def test_neural_text_em_trains_with_the_reward_model_settings(monkeypatch) -> No
             self.log_likelihood = [-1.0 - i for i in range(n_iter)]
             self.assignment = np.arange(n_users) % n_groups
             self.assignments = [self.assignment] * n_iter
+            self.initial = (np.arange(n_users) + 1) % n_groups
+            self.models = [f"model {k}" for k in range(n_groups)]
             self.n_groups = n_groups
 
         def assign(self, chosen, rejected, user):
@@ -504,7 +508,13 @@ def test_neural_text_em_trains_with_the_reward_model_settings(monkeypatch) -> No
         loaded.append((name, kwargs))
         return "model"
 
-    monkeypatch.setattr(em_mixtures, "fit_neural_em", fake_fit)
+    fit_name = "fit_neural_crossfit_em" if folds else "fit_neural_em"
+    monkeypatch.setattr(em_mixtures, fit_name, fake_fit)
+    monkeypatch.setattr(
+        em_mixtures,
+        "score_texts",
+        lambda model, tok, texts, length: np.arange(len(texts)) * (1.0 + int(model[-1])),
+    )
     monkeypatch.setattr(em_mixtures, "load_sequence_classifier", fake_classifier)
     monkeypatch.setattr(em_mixtures, "load_tokenizer", lambda name: f"tokenizer of {name}")
     rewards = synthetic_rewards(12, 5)
@@ -514,9 +524,10 @@ def test_neural_text_em_trains_with_the_reward_model_settings(monkeypatch) -> No
     )
     iters, summary = em_mixtures.neural_text_em(
         snippets, rewards, [2, 2, 1], [1, 1, 1], per_user=3, beta=2.0, backbone="some/folder",
-        n_iter=2, reward_model=settings, seed=7,
+        n_iter=2, reward_model=settings, seed=7, folds=folds,
     )  # fmt: skip
     assert calls["max_length"] == 24
+    assert calls.get("n_folds", 0) == folds
     assert calls["train_args"] == {
         "learning_rate": 3e-4,
         "num_train_epochs": 2.0,
@@ -530,5 +541,7 @@ def test_neural_text_em_trains_with_the_reward_model_settings(monkeypatch) -> No
     assert calls["rejected"] == [snippets[i] for i in sim.rejected]
     assert np.array_equal(calls["user"], sim.user)
     assert iters["iteration"].tolist() == [1, 2] and summary["n_iter"] == 2
+    # every user started one group off the final assignment: all moved at E-step 1, none after
+    assert iters["moved"].tolist() == [1.0, 0.0] and summary["moved_from_start"] == 1.0
     assert summary["n_comparisons"] == 5 * 3
     assert np.shape(summary["spearman_fitted_vs_truth"]) == (3, 3)
