@@ -108,7 +108,13 @@ HEADLINE: tuple[Headline, ...] = (
         "soft EM ARI, 5% minority",
         ".2f",
     ),
-    Headline("03_em_mixtures", "text_neural_ari", "neural EM ARI on text", ".2f"),
+    Headline("03_em_mixtures", "text_neural_ari", "neural EM ARI on text, in-sample E-step", ".2f"),
+    Headline(
+        "03_em_mixtures",
+        "text_neural_crossfit_ari",
+        "neural EM ARI on text, cross-fitted E-step",
+        ".2f",
+    ),
     Headline(
         "04_maxmin_ppo_gpt2",
         "em_text_ari_ratio_10",
