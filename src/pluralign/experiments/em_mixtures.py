@@ -385,12 +385,9 @@ def neural_text_em(
         "train_args": reward_model.trainer_args(),
         "progress": progress,
     }
-    if folds:
-        res = fit_neural_crossfit_em(*args, n_folds=folds, **kw)
-        models = res.models
-    else:
-        res = fit_neural_em(*args, **kw)
-        models = res.models
+    res = (
+        fit_neural_crossfit_em(*args, n_folds=folds, **kw) if folds else fit_neural_em(*args, **kw)
+    )
     start = np.asarray(res.initial)
     previous = [start, *res.assignments[:-1]]
     iters = pd.DataFrame(
@@ -403,7 +400,7 @@ def neural_text_em(
         }
     )
     length = reward_model.max_length
-    fitted = np.stack([score_texts(m, tok, texts, length) for m in models], 1)  # (m, K)
+    fitted = np.stack([score_texts(m, tok, texts, length) for m in res.models], 1)  # (m, K)
     held_margins = fitted[held.chosen] - fitted[held.rejected]  # (n_held, K)
     held_ids, held_uidx = np.unique(held.user, return_inverse=True)
     S = user_log_likelihoods(held_margins, held_uidx, np.ones(len(held.user)), held_ids.size)
