@@ -82,6 +82,37 @@ def dimension_scores(texts: Sequence[str]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- prompts
 
+#: The preference instructions of the P-SOUPS release (``training_reward_model.py`` of the
+#: MaxMin-RLHF and RLPHF code), by direction. They are appended to the evaluation prompts
+#: of a group and stripped from ``user_input`` before reward-model training: the PPO
+#: prompts carry none, so a reward model must not learn a preference conditional on one.
+PREFERENCE_PROMPTS: dict[str, str] = {
+    "P1A": "Generate a response that can be easily understood by an elementary school student.",
+    "P1B": "Generate a response that only a PhD Student in that specific field could understand.",
+    "P2A": "Generate a response that is concise and to the point, without being verbose.",
+    "P2B": "Generate a response that is very informative, without missing any background "
+    "information.",
+    "P3A": "Generate a response that is friendly, witty, funny, and humorous, like a close friend.",
+    "P3B": "Generate a response in an unfriendly manner.",
+    "P3C": "Generate a response in a sassy manner.",
+    "P3D": "Generate a response in a sarcastic manner.",
+}
+
+
+def strip_preference(user_input: str) -> str:
+    """``user_input`` without the first preference instruction it contains (the authors'
+    rule: one instruction per row, removed wherever it stands), whitespace trimmed."""
+    for instruction in PREFERENCE_PROMPTS.values():
+        if instruction in user_input:
+            return " ".join(user_input.replace(instruction, "").split())
+    return user_input.strip()
+
+
+def with_preference(prompt: str, dimension: str) -> str:
+    """An evaluation prompt with ``dimension``'s preference instruction appended, as the
+    authors' generation scripts do (``{instruction} {input} {preference}``)."""
+    return f"{prompt.strip()} {PREFERENCE_PROMPTS[dimension]}"
+
 
 # --------------------------------------------------------------------------- users
 
@@ -164,31 +195,45 @@ def psoups_users(
     per_user: int,
     seed: int,
     template: str = TULU_TEMPLATE,
-) -> tuple[list[str], list[str], np.ndarray, np.ndarray, tuple[str, ...]]:
+    held_out: int = 0,
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray, tuple[str, ...], dict[str, Dataset]]:
     """Cut each dimension's P-SOUPS comparisons into ``users[dim]`` users of ``per_user``
-    distinct comparisons each (the release has no user ids; EM needs them).
+    distinct comparisons each (the release has no user ids; EM needs them), and set
+    ``held_out`` further rows of each file aside (the judges' reward models train on them).
 
-    Returns (chosen, rejected, user id per comparison, group of each user, group names);
-    texts are ``template(prompt) + answer``, the form the reward models score."""
+    Returns (chosen, rejected, user id per comparison, group of each user, group names,
+    held-out rows per dimension); texts are ``template(prompt) + answer`` with the
+    preference instruction stripped from the prompt (:func:`strip_preference`), the form
+    the reward models score."""
     chosen, rejected, user_of, user_group = [], [], [], []
     groups = tuple(users)
     rng = np.random.default_rng(seed)
+    held: dict[str, Dataset] = {}
     for g, dim in enumerate(groups):
         data = files[dim]
         need = users[dim] * per_user
-        if need > len(data):
+        if need + held_out > len(data):
             raise ValueError(
-                f"{dim}: {users[dim]} users x {per_user} need {need} rows, file has {len(data)}"
+                f"{dim}: {users[dim]} users x {per_user} + {held_out} held out need "
+                f"{need + held_out} rows, file has {len(data)}"
             )
-        rows = rng.permutation(len(data))[:need]
-        for j, row in enumerate(rows):
+        order = rng.permutation(len(data))
+        held[dim] = data.select(order[need : need + held_out])
+        for j, row in enumerate(order[:need]):
             rec = data[int(row)]
-            prompt = template.format(prompt=rec["prompt"].strip())
-            chosen.append(prompt + rec["chosen"])
-            rejected.append(prompt + rec["rejected"])
+            c, r = comparison_texts(rec, template)
+            chosen.append(c)
+            rejected.append(r)
             user_of.append(len(user_group) + j // per_user)
         user_group += [g] * users[dim]
-    return chosen, rejected, np.asarray(user_of), np.asarray(user_group), groups
+    return chosen, rejected, np.asarray(user_of), np.asarray(user_group), groups, held
+
+
+def comparison_texts(record: Mapping[str, str], template: str = TULU_TEMPLATE) -> tuple[str, str]:
+    """(chosen, rejected) texts of one P-SOUPS row: the templated prompt without its
+    preference instruction, then each answer."""
+    prompt = template.format(prompt=strip_preference(record["prompt"]))
+    return prompt + record["chosen"], prompt + record["rejected"]
 
 
 def load_psoups(

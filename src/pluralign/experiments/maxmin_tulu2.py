@@ -1,17 +1,33 @@
-"""Notebook 05: MaxMin-RLHF at 7B scale (Tulu2-7B on P-SOUPS, LoRA) and its cpu Llama proxy.
+"""Notebook 05: MaxMin-RLHF at 7B scale (Tulu2-7B on P-SOUPS, LoRA) and its cpu Llama proxy,
+on the authors' protocol.
+
+What the authors ran (``josephxu1234/MaxMinRLHF``), and what this module reproduces:
+
+* **rewards**: MaxMin PPO takes the per-sample min of two reward models trained
+  *separately on the full P1A and P1B files*; the single reward model sees all of P1A and
+  1/10 of P1B (the 10:1 ratio enters the baseline only). EM is a separate demonstration;
+  here it also feeds a third arm (MaxMin over the cross-fitted EM mixture: the paper's full
+  pipeline on the same 10:1 data as the single model);
+* **PPO**: prompts carry no preference instruction, EOS is disabled and the length is not
+  the policy's choice (:mod:`pluralign.training.token_ban`; here one fixed length);
+* **evaluation**: each group's answers are generated *with that group's preference
+  instruction*, for the trained policy and the SFT model alike, and judged against each
+  other; the two groups' win rates live on different generations and need not sum to 1.
+  The cpu proxy cannot read instructions, so it is pretrained with CTRL-style control tags
+  (:mod:`pluralign.data.control_tags`) and the tag plays the instruction's part.
 
 One code path for both profiles. What differs is data and size:
 
 * **policy**: ``llama_proxy``, a small ``LlamaForCausalLM`` pretrained here with notebook
-  00's recipe on the packaged tokenizer, or a pinned hub model (``allenai/tulu-2-7b@..``,
-  optional 8/4-bit bases); the trained policy is a LoRA adapter (r = 16) and the reference
-  is the same network with the adapter disabled;
+  00's recipe on tagged reviews, or a pinned hub model (``allenai/tulu-2-7b@..``, optional
+  8/4-bit bases); the trained policy is a LoRA adapter (r = 16) and the reference is the
+  same network with the adapter disabled;
 * **reward models**: the backbone as a one-logit sequence classifier with LoRA (r = 8) and a
-  trained ``score`` head, trained by TRL's ``RewardTrainer`` (single pooled model, hard-EM
-  mixture, or one per true group);
+  trained ``score`` head, trained by TRL's ``RewardTrainer``;
 * **data**: pairs of proxy samples labelled by simulated users of two P-SOUPS dimensions
-  (rule-based ground truth, :mod:`pluralign.data.psoups`), or the P-SOUPS files cut into
-  users.
+  (rule-based ground truth, :mod:`pluralign.data.psoups`), or the P-SOUPS files
+  (``data/rm_training/P1A.json``: ``user_input``, ``completion_a`` preferred,
+  ``completion_b``) cut into users, preference instructions stripped.
 
 A PPO run ("arm") is described by a JSON :class:`ArmSpec` and trained by :func:`train_arm`,
 in the notebook's process or, for several GPUs, by ``accelerate launch -m
@@ -28,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,20 +53,26 @@ import numpy as np
 import pandas as pd
 import torch
 from datasets import Dataset
+from sklearn.metrics import adjusted_rand_score
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pluralign._typing import TextScore
+from pluralign._typing import IntArray, TextScore
+from pluralign.core.crossfit_em import CrossFitEMResult
 from pluralign.core.simulate import PairLabels
-from pluralign.core.stats import win_rates
+from pluralign.data.control_tags import TAGS, GradeGap, grade_gap, grades, tag_train_and_heldout
+from pluralign.data.control_tags import tagged_prompt_ids as tag_prompts
 from pluralign.data.preferences import load_prompt_texts
 from pluralign.data.psoups import (
     DIMENSIONS,
     check_dimensions,
+    comparison_texts,
     dimension_scores,
     group_truth,
     label_by_dimensions,
     load_psoups,
     mixture_users,
     psoups_users,
+    with_preference,
 )
 from pluralign.data.text import chat_prompt_ids, make_prompts, split_prompts
 from pluralign.experiments._rlhf import PreferencePairs
@@ -68,13 +90,22 @@ from pluralign.training.judges import ChatEndpointJudge, PairwiseJudge, RewardMo
 from pluralign.training.llama_proxy import build_llama_proxy
 from pluralign.training.lora import BackboneSpec, lora_classifier, lora_policy, save_adapter
 from pluralign.training.models import load_tokenizer
+from pluralign.training.neural_crossfit import fit_neural_crossfit_em
 from pluralign.training.ppo import PPOSettings, train_policy
 from pluralign.training.pretrain import PretrainConfig, PretrainResult, train_and_evaluate
-from pluralign.training.reward_models import RewardModelSettings, reward_fn
+from pluralign.training.reward_models import RewardModelSettings, fit_reward_model, reward_fn
+from pluralign.training.token_ban import ban_token
 
 GROUPS = ("majority", "minority")
 PROXY = "llama_proxy"
 SYNTHETIC = "synthetic"
+#: The PPO arms: single pooled reward (10:1); MaxMin over per-group reward models on equal,
+#: full-size data (the authors' run); MaxMin over the cross-fitted EM mixture at 10:1.
+ARMS = ("single", "maxmin", "maxmin_em")
+JUDGES = ("ground_truth", "heldout_rm", "endpoint")
+#: "Majority not hurt": MaxMin's majority win rate is at most this far below single's
+#: (lower end of the 95% CI of the difference in points).
+NON_INFERIORITY_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -98,7 +129,7 @@ class Config(StageConfig):
 
     # ---- models
     policy: str
-    """``llama_proxy`` (pretrained in this stage) or a pinned hub causal LM."""
+    """``llama_proxy`` (pretrained with control tags in this stage) or a pinned hub causal LM."""
     proxy: ProxySettings | None = None
     """The proxy's shape (``policy: llama_proxy`` only)."""
     load_in_bits: int | None
@@ -113,19 +144,34 @@ class Config(StageConfig):
     psoups_files: dict[str, str] | None = None
     """Dimension -> data file inside ``preference_data`` (P-SOUPS data only)."""
     psoups_columns: dict[str, str] | None = None
-    """Standard column (prompt/chosen/rejected) -> the file's column (default: same)."""
+    """Standard column (prompt/chosen/rejected) -> the file's column (the release:
+    ``user_input`` / ``completion_a`` / ``completion_b``)."""
     ppo_prompts: str
     """``imdb`` (review openings, cpu) or an instruction file / pinned hub set (Alpaca-GPT4)."""
     ppo_prompt_column: str | None = None
+    ppo_input_column: str | None = None
+    """The instruction file's input column (may be empty): PPO prompts are instruction +
+    input, as in the authors' ``robust_rlhf.py`` (local files only)."""
     eval_prompts: str
-    """``imdb`` or an evaluation file / pinned hub set (Koala)."""
+    """``imdb`` or an evaluation file / pinned hub set (the authors' 50 Koala prompts)."""
     eval_prompts_split: str | None = None
     eval_prompt_column: str | None = None
     prompt_tokens: int
-    """Prompt length in tokens (prompts are cut or left-padded to it: PPO batches one length)."""
+    """Prompt length in tokens (chat prompts are left-padded to it: PPO batches one length)."""
     generation: GenerationSettings
+    """``max_new_tokens`` is every answer's length when ``suppress_eos`` (PPO and evaluation)."""
+    suppress_eos: bool
+    """Disable EOS, as the authors do (``eos_token_id = 100_000``): answers cannot stop early,
+    so a reading-level preference must show in words, not in length."""
+    stop_if_uncontrollable: bool
+    """Stop before any reward model when the SFT model does not follow the preference
+    (grade-gap CI not above 0): a conditioned evaluation would then measure nothing."""
     n_pref_prompts: int | None = None
     """Prompts of the synthetic preference pairs (``preference_data: synthetic`` only)."""
+    n_judge_prompts: int | None = None
+    """Prompts of the pairs the judges' reward models learn from (synthetic only)."""
+    n_judge_comparisons: int | None = None
+    """Held-out rows per P-SOUPS file for the judges' reward models (P-SOUPS data only)."""
     n_ppo_prompts: int
     n_eval_prompts: int
 
@@ -134,14 +180,18 @@ class Config(StageConfig):
     """Majority group's P-SOUPS dimension (the paper: ``P1A``, elementary-level answers)."""
     minority: str
     """Minority group's dimension (the paper: ``P1B``, PhD-level answers)."""
-    users_majority: int
-    users_minority: int
+    users_per_group: int
+    """Users of each group in the full per-group data (the P1A and P1B files' analogue)."""
+    ratio: int
+    """Majority:minority ratio of the single reward model's data and of EM's 10:1 run: all
+    majority users and ``users_per_group // ratio`` minority users."""
     comparisons_per_user: int
     label_beta: float
     rm_lora_r: int
     policy_lora_r: int
     reward_model: RewardModelSettings
     em_iters: int
+    em_folds: int
 
     # ---- PPO
     ppo: PPOSettings
@@ -153,10 +203,12 @@ class Config(StageConfig):
     <arm spec>``."""
 
     # ---- evaluation
-    judge: str
-    """``ground_truth`` (the dimensions' rule-based scores), ``reward_model`` (each group's
-    reward model trained on its own data) or ``endpoint`` (an OpenAI-compatible chat model;
-    URL and key from PLURALIGN_JUDGE_URL / PLURALIGN_JUDGE_KEY, never from params)."""
+    judges: list[str]
+    """Judges of the win rates, the first one primary: ``ground_truth`` (the dimensions'
+    rule-based scores; synthetic data only), ``heldout_rm`` (a reward model per group
+    trained on data no arm trained on) or ``endpoint`` (an OpenAI-compatible chat model;
+    URL and key from PLURALIGN_JUDGE_URL / PLURALIGN_JUDGE_KEY, never from params). No judge
+    is ever a reward model an arm trained against."""
     judge_model: str | None = None
     """The endpoint's model name (``endpoint`` judge only)."""
     n_boot: int
@@ -165,12 +217,25 @@ class Config(StageConfig):
         check_dimensions(self.majority, self.minority)
         if self.policy == PROXY and self.proxy is None:
             raise ValueError("policy llama_proxy needs the proxy section")
-        if self.preference_data == SYNTHETIC and self.n_pref_prompts is None:
-            raise ValueError("synthetic preference data needs n_pref_prompts")
+        if self.policy == PROXY and {self.majority, self.minority} != set(TAGS):
+            raise ValueError(
+                f"the proxy's control tags cover {sorted(TAGS)}; majority/minority are "
+                f"{self.majority}/{self.minority}"
+            )
+        if self.preference_data == SYNTHETIC and not (self.n_pref_prompts and self.n_judge_prompts):
+            raise ValueError("synthetic preference data needs n_pref_prompts and n_judge_prompts")
         if self.preference_data != SYNTHETIC and self.psoups_files is None:
             raise ValueError(f"preference_data {self.preference_data!r} needs psoups_files")
-        if self.judge not in ("ground_truth", "reward_model", "endpoint"):
-            raise ValueError(f"judge {self.judge!r} is not ground_truth/reward_model/endpoint")
+        if not self.judges or any(j not in JUDGES for j in self.judges):
+            raise ValueError(f"judges {self.judges!r}: each must be one of {JUDGES}")
+        if "ground_truth" in self.judges and self.preference_data != SYNTHETIC:
+            raise ValueError("judge ground_truth exists for synthetic data only")
+        if (
+            "heldout_rm" in self.judges
+            and self.preference_data != SYNTHETIC
+            and not (self.n_judge_comparisons)
+        ):
+            raise ValueError("judge heldout_rm on P-SOUPS files needs n_judge_comparisons")
         if self.ppo_prompts != "imdb" and not self.ppo_prompt_column:
             raise ValueError(f"ppo_prompts {self.ppo_prompts!r} needs ppo_prompt_column")
         if self.eval_prompts != "imdb" and not (
@@ -180,8 +245,20 @@ class Config(StageConfig):
                 f"eval_prompts {self.eval_prompts!r} needs eval_prompt_column and "
                 "eval_prompts_split"
             )
-        if self.judge == "endpoint" and not self.judge_model:
+        if "endpoint" in self.judges and not self.judge_model:
             raise ValueError("judge endpoint: name the endpoint's model in judge_model")
+        if not 1 <= self.users_per_group // max(self.ratio, 1) < self.users_per_group:
+            raise ValueError(
+                f"ratio {self.ratio} must leave 1..{self.users_per_group - 1} minority users "
+                f"of {self.users_per_group} in the biased mix"
+            )
+        if self.em_folds < 2:
+            raise ValueError(f"em_folds must be >= 2 (cross-fitted E-step), got {self.em_folds}")
+
+    @property
+    def dimension(self) -> dict[str, str]:
+        """Group -> P-SOUPS dimension."""
+        return {"majority": self.majority, "minority": self.minority}
 
 
 # --------------------------------------------------------------------------- models
@@ -207,7 +284,9 @@ def pretrain_proxy(
     proxy: ProxySettings, seed: int, recipe: PretrainConfig, model_dir: str | Path
 ) -> PretrainResult:
     """Build the Llama proxy (``proxy``'s shape) and pretrain it with notebook 00's
-    :func:`pluralign.training.pretrain.train_and_evaluate`; the model lands in ``model_dir``."""
+    :func:`pluralign.training.pretrain.train_and_evaluate` on reviews tagged by their
+    reading-grade tercile (:mod:`pluralign.data.control_tags`); the model lands in
+    ``model_dir``."""
     tok = load_gpt2_tokenizer(recipe.tokenizer, recipe.max_merges)
     model = build_llama_proxy(
         tok,
@@ -223,44 +302,121 @@ def pretrain_proxy(
         run = dataclasses.replace(
             proxy_pretrain_config(recipe, proxy.pretrain_steps), init_from=init
         )
-        return train_and_evaluate(run, model_dir)
+        return train_and_evaluate(run, model_dir, rewrite=tag_train_and_heldout)
 
 
-# --------------------------------------------------------------------------- data
+def ban_eos(enabled: bool, model: PreTrainedModel, tokenizer) -> PreTrainedModel:
+    """``model`` with EOS banned when ``enabled`` (see ``Config.suppress_eos``)."""
+    if enabled:
+        ban_token(model, tokenizer.eos_token_id)
+    return model
 
 
-def prompt_sets(cfg: Config, tok, imdb: str) -> dict[str, list[list[int]]]:
-    """``pref`` / ``ppo`` / ``eval`` prompt ids: openings of shuffled IMDB reviews (cpu), or
-    Tulu chat prompts from instruction files (paper; prompts longer than ``prompt_tokens``
-    are dropped, shorter ones left-padded)."""
+# --------------------------------------------------------------------------- prompts
+
+
+@dataclass
+class PromptSets:
+    """Every prompt set of the stage, as token ids of one length per set.
+
+    ``eval`` carries no preference; ``eval_by_group[g]`` are the same prompts conditioned on
+    group g's preference (the proxy's control tag, or the P-SOUPS instruction appended), the
+    form in which each group's answers are generated and judged; ``eval_text`` are the
+    unconditioned prompts as text (what a held-out reward model reads before an answer)."""
+
+    pref: list[list[int]]
+    judge: list[list[int]]
+    ppo: list[list[int]]
+    eval: list[list[int]]
+    eval_by_group: dict[str, list[list[int]]]
+    eval_text: list[str]
+
+
+def instruction_texts(
+    source: str, split: str, instruction_column: str, input_column: str | None
+) -> list[str]:
+    """Instruction prompts, each followed by its input when the file has one (the authors'
+    ``f"{instruction} {input}"``); inputs may be empty, instructions may not."""
+    instructions = load_prompt_texts(source, split, instruction_column)
+    if input_column is None:
+        return instructions
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"ppo_input_column needs a local JSON file, got {source!r}")
+    from datasets import load_dataset
+
+    data = load_dataset("json", data_files=str(path), split="train")
+    if input_column not in data.column_names:
+        raise ValueError(f"{path}: no column {input_column!r} (it has {data.column_names})")
+    out = []
+    for row, (instruction, extra) in enumerate(zip(instructions, data[input_column], strict=True)):
+        if extra is not None and not isinstance(extra, str):
+            raise ValueError(f"{path}: row {row}: field {input_column!r} is not text")
+        out.append(f"{instruction.strip()} {(extra or '').strip()}".strip())
+    return out
+
+
+def _fitting_chat_prompts(
+    tok, versions: Mapping[str, Sequence[str]], n_tokens: int, n: int
+) -> dict[str, list[list[int]]]:
+    """The first ``n`` prompts whose every version fits in ``n_tokens`` (so all groups are
+    judged on the same prompts), each version left-padded to ``n_tokens``."""
+    names = list(versions)
+    kept: dict[str, list[list[int]]] = {v: [] for v in names}
+    for texts in zip(*(versions[v] for v in names), strict=True):
+        ids = [chat_prompt_ids(tok, [t], n_tokens) for t in texts]
+        if all(ids):
+            for v, one in zip(names, ids, strict=True):
+                kept[v].append(one[0])
+        if len(kept[names[0]]) == n:
+            break
+    return kept
+
+
+def prompt_sets(cfg: Config, tok, imdb: str) -> PromptSets:
+    """Preference / judge / PPO / evaluation prompts: openings of shuffled IMDB reviews,
+    evaluation ones tagged per group (cpu), or Tulu chat prompts from instruction files with
+    each group's preference instruction appended for evaluation (paper; prompts longer than
+    ``prompt_tokens`` are dropped, shorter ones left-padded)."""
     if cfg.ppo_prompts == "imdb":
         sizes = {
             "pref": cfg.n_pref_prompts or 0,
+            "judge": cfg.n_judge_prompts or 0,
             "ppo": cfg.n_ppo_prompts,
             "eval": cfg.n_eval_prompts,
         }
-        return split_prompts(
+        sets = split_prompts(
             lambda texts: make_prompts(tok, texts, cfg.prompt_tokens),
             load_imdb(imdb)["text"],
             sizes,
             cfg.seed,
         )
+        by_group = {g: tag_prompts(tok, sets["eval"], TAGS[d]) for g, d in cfg.dimension.items()}
+        text = [tok.decode(p[1:]) for p in sets["eval"]]  # as Rollouts.texts: no BOS
+        return PromptSets(sets["pref"], sets["judge"], sets["ppo"], sets["eval"], by_group, text)
 
-    def prompts_from(source: str, split: str, column: str | None, n: int) -> list[list[int]]:
-        texts = load_prompt_texts(source, split, column or "")
-        return chat_prompt_ids(tok, texts, cfg.prompt_tokens)[:n]
-
-    ppo = prompts_from(cfg.ppo_prompts, "train", cfg.ppo_prompt_column, cfg.n_ppo_prompts)
-    evals = prompts_from(
-        cfg.eval_prompts, cfg.eval_prompts_split or "", cfg.eval_prompt_column,
-        cfg.n_eval_prompts,
-    )  # fmt: skip
-    if len(ppo) < cfg.n_ppo_prompts or len(evals) < cfg.n_eval_prompts:
+    ppo_texts = instruction_texts(
+        cfg.ppo_prompts, "train", cfg.ppo_prompt_column or "", cfg.ppo_input_column
+    )
+    ppo = chat_prompt_ids(tok, ppo_texts, cfg.prompt_tokens)[: cfg.n_ppo_prompts]
+    eval_texts = load_prompt_texts(
+        cfg.eval_prompts, cfg.eval_prompts_split or "", cfg.eval_prompt_column or ""
+    )
+    versions = {"none": eval_texts} | {
+        g: [with_preference(t, d) for t in eval_texts] for g, d in cfg.dimension.items()
+    }
+    fitted = _fitting_chat_prompts(tok, versions, cfg.prompt_tokens, cfg.n_eval_prompts)
+    if len(ppo) < cfg.n_ppo_prompts or len(fitted["none"]) < cfg.n_eval_prompts:
         raise ValueError(
-            f"{len(ppo)} PPO / {len(evals)} evaluation prompts fit in prompt_tokens="
+            f"{len(ppo)} PPO / {len(fitted['none'])} evaluation prompts fit in prompt_tokens="
             f"{cfg.prompt_tokens}; params ask for {cfg.n_ppo_prompts} / {cfg.n_eval_prompts}"
         )
-    return {"pref": [], "ppo": ppo, "eval": evals}
+    text = [tok.decode(strip_left_padding(p, tok.pad_token_id)[1:]) for p in fitted["none"]]
+    by_group = {g: fitted[g] for g in GROUPS}
+    return PromptSets([], [], ppo, fitted["none"], by_group, text)
+
+
+# --------------------------------------------------------------------------- preference data
 
 
 def truth_of(cfg: Config):
@@ -270,47 +426,189 @@ def truth_of(cfg: Config):
 
 @dataclass
 class Comparisons:
-    """The labelled comparisons reward models learn from, and who made them."""
+    """Labelled comparisons reward models learn from, and who made them."""
 
     chosen: list[str]
     rejected: list[str]
-    user_of: np.ndarray
+    user_of: IntArray
     """(n,) user of each comparison."""
-    user_group: np.ndarray
+    user_group: IntArray
     """(n_users,) true group of each user (0 majority, 1 minority)."""
-    pairs: PreferencePairs | None = None
-    """The sampled pairs (synthetic data): held-out pairs measure reward-model accuracy."""
-    labels: PairLabels | None = None
-    """The simulated labels of the training pairs (synthetic data)."""
 
+    def __len__(self) -> int:
+        return len(self.chosen)
 
-def comparisons(cfg: Config, tok, ref_policy, pref_ids: Sequence[Sequence[int]]) -> Comparisons:
-    """Synthetic: two reference samples per preference prompt labelled by simulated users of
-    the two dimensions (:func:`pluralign.data.psoups.label_by_dimensions`: each dimension
-    z-scored over the labelled pairs). P-SOUPS: the files cut into users."""
-    users = mixture_users(cfg.majority, cfg.minority, cfg.users_majority, cfg.users_minority)
-    if cfg.preference_data == SYNTHETIC:
-        pairs = PreferencePairs.sample(
-            ref_policy, tok, pref_ids, cfg.generation, truth_of(cfg), cfg.seed
+    def subset(self, users: Sequence[int] | IntArray) -> Comparisons:
+        """The comparisons of ``users``, users renumbered 0.. in the order given."""
+        users = np.asarray(users)
+        new_id = {int(u): i for i, u in enumerate(users)}
+        rows = np.flatnonzero(np.isin(self.user_of, users))
+        return Comparisons(
+            [self.chosen[i] for i in rows],
+            [self.rejected[i] for i in rows],
+            np.array([new_id[int(self.user_of[i])] for i in rows], dtype=np.int64),
+            self.user_group[users],
         )
-        scores_a = dimension_scores(pairs.a.continuations).iloc[pairs.train]
-        scores_b = dimension_scores(pairs.b.continuations).iloc[pairs.train]
+
+    def group(self, g: int) -> Comparisons:
+        """Group g's users only (a full per-group file)."""
+        return self.subset(np.flatnonzero(self.user_group == g))
+
+    def biased(self, ratio: int) -> Comparisons:
+        """All majority users and the first ``n_minority // ratio`` minority users: the
+        single reward model's 10:1 data (the authors' "all of P1A + 1/10 of P1B")."""
+        majority = np.flatnonzero(self.user_group == 0)
+        minority = np.flatnonzero(self.user_group == 1)
+        keep = len(minority) // ratio
+        if keep < 1:
+            raise ValueError(f"{len(minority)} minority users leave none at ratio {ratio}")
+        return self.subset(np.concatenate([majority, minority[:keep]]))
+
+
+@dataclass
+class PreferenceData:
+    """The stage's preference data: every user's comparisons (``users_per_group`` per
+    group), each group's judge comparisons (data no arm trains on), and, for synthetic
+    data, the sampled pairs (held-out pairs measure reward-model accuracy) and labels."""
+
+    full: Comparisons
+    judge: dict[str, tuple[list[str], list[str]]]
+    pairs: PreferencePairs | None = None
+    labels: PairLabels | None = None
+
+
+def _rule_labelled(pairs: PreferencePairs, group: str) -> tuple[list[str], list[str]]:
+    """Every pair ordered by ``group``'s ground truth (ties dropped): a noiseless labeller."""
+    ta, tb = pairs.truth_a[group].to_numpy(), pairs.truth_b[group].to_numpy()
+    keep = np.flatnonzero(ta != tb)
+    chosen = [pairs.a.texts[i] if ta[i] > tb[i] else pairs.b.texts[i] for i in keep]
+    rejected = [pairs.b.texts[i] if ta[i] > tb[i] else pairs.a.texts[i] for i in keep]
+    return chosen, rejected
+
+
+def preference_data(cfg: Config, tok, ref_policy, prompts: PromptSets) -> PreferenceData:
+    """Synthetic: two reference samples per preference prompt, labelled by
+    ``users_per_group`` simulated users of each dimension
+    (:func:`pluralign.data.psoups.label_by_dimensions`); the judges' pairs are separate
+    prompts, ordered by each group's rule. P-SOUPS: the files cut into users, and
+    ``n_judge_comparisons`` other rows of each file for the judges."""
+    n = cfg.users_per_group
+    if cfg.preference_data == SYNTHETIC:
+        users = mixture_users(cfg.majority, cfg.minority, n, n)
+        pairs = PreferencePairs.sample(
+            ref_policy, tok, prompts.pref, cfg.generation, truth_of(cfg), cfg.seed
+        )
+        scores_a = pairs_scores(pairs.a.continuations, pairs.train)
+        scores_b = pairs_scores(pairs.b.continuations, pairs.train)
         labels, _ = label_by_dimensions(
             scores_a, scores_b, users, cfg.comparisons_per_user, cfg.label_beta, cfg.seed
         )
         chosen, rejected = pairs.comparisons(labels)
-        return Comparisons(chosen, rejected, labels.user, labels.user_group, pairs, labels)
+        judge_pairs = PreferencePairs.sample(
+            ref_policy, tok, prompts.judge, cfg.generation, truth_of(cfg), cfg.seed + 10, 1.0
+        )
+        judge = {g: _rule_labelled(judge_pairs, g) for g in GROUPS}
+        full = Comparisons(chosen, rejected, labels.user, labels.user_group)
+        return PreferenceData(full, judge, pairs, labels)
     files = load_psoups(
         cfg.preference_data, cfg.psoups_files or {}, (cfg.majority, cfg.minority),
         cfg.psoups_columns,
     )  # fmt: skip
-    chosen, rejected, user_of, user_group, _ = psoups_users(
+    chosen, rejected, user_of, user_group, _, held = psoups_users(
         files,
-        {cfg.majority: cfg.users_majority, cfg.minority: cfg.users_minority},
+        {cfg.majority: n, cfg.minority: n},
         cfg.comparisons_per_user,
         cfg.seed,
+        held_out=cfg.n_judge_comparisons or 0,
     )
-    return Comparisons(chosen, rejected, user_of, user_group)
+    judge = {}
+    for g, d in cfg.dimension.items():
+        texts = [comparison_texts(rec) for rec in held[d]]
+        judge[g] = ([c for c, _ in texts], [r for _, r in texts])
+    return PreferenceData(Comparisons(chosen, rejected, user_of, user_group), judge)
+
+
+def pairs_scores(continuations: Sequence[str], rows: IntArray) -> pd.DataFrame:
+    """:func:`pluralign.data.psoups.dimension_scores` of the labelled pairs' answers."""
+    return dimension_scores([continuations[i] for i in rows])
+
+
+# --------------------------------------------------------------------------- reward models
+
+
+@dataclass
+class RewardModels:
+    """Every reward model of the stage, by name: ``single`` (10:1 pooled), ``group_<g>``
+    (full per-group data), ``em<k>`` (cross-fitted EM at 10:1), ``judge_<g>`` (the held-out
+    judges), and the two EM runs (10:1 feeds PPO; 1:1 is the authors' demonstration)."""
+
+    models: dict[str, PreTrainedModel]
+    em: dict[str, CrossFitEMResult[PreTrainedModel]]
+    em_data: dict[str, Comparisons]
+    seconds: dict[str, float]
+
+    def em_summary(self) -> dict[str, dict[str, float]]:
+        """Per EM run: ARI against the planted groups, users moved from the start,
+        iterations, and ARI of the start itself (what "EM did nothing" would score)."""
+        out = {}
+        for name, em in self.em.items():
+            truth = self.em_data[name].user_group
+            out[name] = {
+                "ari": float(adjusted_rand_score(truth, em.assignment)),
+                "ari_start": float(adjusted_rand_score(truth, em.initial)),
+                "users_moved": int((em.assignment != em.initial).sum()),
+                "users": len(truth),
+                "iterations": int(em.n_iter),
+            }
+        return out
+
+
+def fit_reward_models(
+    cfg: Config,
+    data: PreferenceData,
+    new_model: Callable[[], PreTrainedModel],
+    tok: PreTrainedTokenizerBase,
+    progress: bool = False,
+) -> RewardModels:
+    """Train every reward model (TRL's ``RewardTrainer``), in a fixed order from fixed seeds:
+    a fresh head draws from torch's global RNG, so the order is part of the result."""
+    settings = cfg.reward_model
+    models: dict[str, PreTrainedModel] = {}
+    seconds: dict[str, float] = {}
+
+    def fit(name: str, chosen: Sequence[str], rejected: Sequence[str]) -> None:
+        t0 = time.perf_counter()
+        models[name] = fit_reward_model(new_model(), tok, chosen, rejected, settings, cfg.seed)
+        seconds[name] = time.perf_counter() - t0
+
+    biased = data.full.biased(cfg.ratio)
+    fit("single", biased.chosen, biased.rejected)
+    for g, name in enumerate(GROUPS):
+        part = data.full.group(g)
+        fit(f"group_{name}", part.chosen, part.rejected)
+    for name in GROUPS:
+        fit(f"judge_{name}", *data.judge[name])
+    em_data = {"10to1": biased, "1to1": data.full}
+    ems = {}
+    for run, comps in em_data.items():
+        t0 = time.perf_counter()
+        ems[run] = fit_neural_crossfit_em(
+            comps.chosen,
+            comps.rejected,
+            comps.user_of,
+            2,
+            lambda k: new_model(),
+            tok,
+            n_folds=cfg.em_folds,
+            n_iter=cfg.em_iters,
+            seed=cfg.seed,
+            max_length=settings.max_length,
+            train_args=settings.trainer_args(),
+            progress=progress,
+        )
+        seconds[f"em_{run}"] = time.perf_counter() - t0
+    models |= {f"em{k}": m for k, m in enumerate(ems["10to1"].models)}
+    return RewardModels(models, ems, em_data, seconds)
 
 
 # --------------------------------------------------------------------------- PPO arms
@@ -344,6 +642,8 @@ class ArmSpec:
     seed: int
     workdir: str
     output_dir: str
+    suppress_eos: bool = False
+    """Ban EOS from the policy (the authors' fixed-length answers)."""
 
     def write(self, path: str | Path) -> Path:
         return write_json_atomic(path, asdict(self))
@@ -391,7 +691,7 @@ def train_arm(spec: ArmSpec, progress: bool = False) -> Path:
         return {f"gt_{g}": float(gt[g].mean()) for g in GROUPS}
 
     torch.manual_seed(spec.seed)
-    policy = lora_policy(spec.backbone, pad, spec.policy_lora_r)
+    policy = ban_eos(spec.suppress_eos, lora_policy(spec.backbone, pad, spec.policy_lora_r), tok)
     value = lora_classifier(spec.backbone, pad, spec.value_lora_r)
     t0 = time.perf_counter()
     policy, log, _ = train_policy(
@@ -452,17 +752,51 @@ def read_arm(output_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return log, json.loads((out / "timing.json").read_text())
 
 
-def judges_for(cfg: Config, true_rewards: dict[str, TextScore]) -> dict[str, PairwiseJudge] | None:
-    """Each group's pairwise judge (params ``judge``): None for the ground truth itself,
-    the group's own reward model, or a chat endpoint asked by the dimension's description."""
-    if cfg.judge == "ground_truth":
-        return None
-    if cfg.judge == "reward_model":
-        return {g: RewardModelJudge(true_rewards[g]) for g in GROUPS}
-    return {
-        g: ChatEndpointJudge(cfg.judge_model or "", DIMENSIONS[d].description)
-        for g, d in zip(GROUPS, (cfg.majority, cfg.minority), strict=True)
+# --------------------------------------------------------------------------- evaluation
+
+
+def controllability(
+    ref_policy, tok, cfg: Config, prompts: PromptSets, seed: int
+) -> tuple[GradeGap, dict[str, Rollouts]]:
+    """Does the SFT model follow the preference? Its answers to the same held-out prompts
+    conditioned on the majority's (``[easy]``) and the minority's (``[hard]``) preference,
+    and unconditioned: the grade gap with a paired bootstrap CI over prompts. The
+    conditioned rollouts are the SFT answers every arm is judged against."""
+    gen = cfg.generation
+    sft = {
+        g: sample_rollouts(ref_policy, tok, ids, gen.max_new_tokens, gen.temperature, seed)
+        for g, ids in prompts.eval_by_group.items()
     }
+    plain = sample_rollouts(
+        ref_policy, tok, prompts.eval, gen.max_new_tokens, gen.temperature, seed
+    )
+    easy, hard = (sft[g].continuations for g in GROUPS)
+    if DIMENSIONS[cfg.majority].sign > 0:  # majority prefers the higher grade
+        easy, hard = hard, easy
+    gap = grade_gap(easy, hard, plain.continuations, cfg.n_boot, seed)
+    return gap, sft | {"none": plain}
+
+
+def judges_for(
+    cfg: Config, heldout: Mapping[str, TextScore] | None
+) -> dict[str, dict[str, PairwiseJudge | None]]:
+    """Each of ``cfg.judges`` as one judge per group: ``None`` for the rule-based ground
+    truth, a :class:`RewardModelJudge` over the group's *held-out* reward model (trained on
+    data no arm trained on), or a chat endpoint asked by the dimension's description."""
+    out: dict[str, dict[str, PairwiseJudge | None]] = {}
+    for name in cfg.judges:
+        if name == "ground_truth":
+            out[name] = {g: None for g in GROUPS}
+        elif name == "heldout_rm":
+            if heldout is None:
+                raise ValueError("judge heldout_rm needs the held-out reward models")
+            out[name] = {g: RewardModelJudge(heldout[g]) for g in GROUPS}
+        else:
+            out[name] = {
+                g: ChatEndpointJudge(cfg.judge_model or "", DIMENSIONS[d].description)
+                for g, d in cfg.dimension.items()
+            }
+    return out
 
 
 def evaluate_arm(
@@ -470,31 +804,119 @@ def evaluate_arm(
     ref_policy,
     tok,
     cfg: Config,
-    eval_ids: list[list[int]],
-    ref_eval: Rollouts,
-    judges: dict[str, PairwiseJudge] | None,
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """(per-prompt win outcomes against SFT per group, summary) of one trained policy:
-    each group's judge (or ground truth), the answers' grade, KL and length."""
+    prompts: PromptSets,
+    sft: Mapping[str, Rollouts],
+    judges: Mapping[str, Mapping[str, PairwiseJudge | None]],
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """One trained policy against SFT, each group on its own conditioned generations.
+
+    Returns (outcomes, summary): ``outcomes[judge][group]`` = per-prompt win (1), tie (1/2)
+    or loss (0) of the policy's answer over SFT's to the same group-conditioned prompt;
+    the summary has each group's mean ground truth and grade on its own generations, the
+    KL to the reference (mean over both groups' prompts) and the answers' length."""
     gen = cfg.generation
-    roll = sample_rollouts(policy, tok, eval_ids, gen.max_new_tokens, gen.temperature, cfg.seed + 4)
-    gt, gt_ref = truth_of(cfg)(roll), truth_of(cfg)(ref_eval)
-    if judges is None:
-        wins = win_rates(gt, gt_ref)
-    else:
-        prompts = [tok.decode(strip_left_padding(p, tok.pad_token_id)) for p in eval_ids]
-        wins = pd.DataFrame(
-            {
-                g: judges[g].compare(prompts, roll.continuations, ref_eval.continuations)
-                for g in GROUPS
-            }
-        )
-    row = {f"{g}_win_rate": float(wins[g].mean()) for g in GROUPS}
-    row |= {f"{g}_truth": float(gt[g].mean()) for g in GROUPS}
-    row["grade"] = float(-dimension_scores(roll.continuations)["P1A"].mean())
-    row["kl"] = kl_to_reference(policy, ref_policy, tok, roll, gen.temperature)
-    row["mean_tokens"] = float(roll.n_tokens.mean())
-    return wins, row
+    outcomes: dict[str, dict[str, np.ndarray]] = {name: {} for name in judges}
+    row: dict[str, float] = {}
+    kls = []
+    for g in GROUPS:
+        ids = prompts.eval_by_group[g]
+        roll = sample_rollouts(policy, tok, ids, gen.max_new_tokens, gen.temperature, cfg.seed + 4)
+        for name, by_group in judges.items():
+            judge = by_group[g]
+            if judge is None:
+                gt, gt_sft = truth_of(cfg)(roll)[g], truth_of(cfg)(sft[g])[g]
+                outcomes[name][g] = 0.5 + 0.5 * np.sign(gt.to_numpy() - gt_sft.to_numpy())
+                continue
+            # A reward model reads the unconditioned prompt (its training form); an endpoint
+            # reads the instruction with the group's preference, as GPT-4 did for the authors.
+            shown = (
+                prompts.eval_text
+                if isinstance(judge, RewardModelJudge)
+                else [tok.decode(strip_left_padding(p, tok.pad_token_id)) for p in ids]
+            )
+            outcomes[name][g] = np.asarray(
+                judge.compare(shown, roll.continuations, sft[g].continuations), dtype=np.float64
+            )
+        truth = truth_of(cfg)(roll)[g]
+        row[f"truth_{g}"] = float(truth.mean())
+        row[f"grade_{g}"] = float(np.mean(grades(roll.continuations)))
+        row[f"tokens_{g}"] = float(roll.n_tokens.mean())
+        kls.append(kl_to_reference(policy, ref_policy, tok, roll, gen.temperature))
+    row["kl"] = float(np.mean(kls))
+    return outcomes, row
+
+
+def relative_gains(
+    base: Mapping[str, np.ndarray],
+    new: Mapping[str, np.ndarray],
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """The paper's comparison of ``new`` (MaxMin) with ``base`` (single) from per-row win
+    outcomes against SFT (rows = (seed, prompt), in the same order for both arms and both
+    groups): for the minority, the majority and their average, the gain in points and
+    relative to ``base`` (``new / base - 1``), each with a paired percentile bootstrap CI
+    (one resample of rows serves both arms and both groups)."""
+    arrays = np.stack([np.asarray(d[g], dtype=np.float64) for d in (base, new) for g in GROUPS])
+    n = arrays.shape[1]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+
+    def stats(a: np.ndarray) -> dict[str, np.ndarray]:
+        b_maj, b_min, n_maj, n_min = a
+        b_avg, n_avg = (b_maj + b_min) / 2, (n_maj + n_min) / 2
+        out = {}
+        for name, b, x in (
+            ("majority", b_maj, n_maj),
+            ("minority", b_min, n_min),
+            ("average", b_avg, n_avg),
+        ):
+            out[f"{name}_points"] = x - b
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[f"{name}_relative"] = np.where(b > 0, x / b - 1, np.nan)
+        return out
+
+    point = stats(arrays.mean(axis=1))
+    boot = stats(arrays[:, idx].mean(axis=2))  # (4, n_boot) -> per stat (n_boot,)
+    tail = (1 - level) / 2
+    out: dict[str, float] = {}
+    for key, value in point.items():
+        out[key] = float(value)
+        lo, hi = np.nanquantile(boot[key], [tail, 1 - tail])
+        out[f"{key}_lo"], out[f"{key}_hi"] = float(lo), float(hi)
+    return out
+
+
+def claims(gain: Mapping[str, float]) -> dict[str, bool]:
+    """The paper's three claims for one MaxMin arm, each only where it means something:
+    a relative gain counts when it passes the paper's threshold *and* its CI excludes 0;
+    "majority not hurt" is reported only when the minority gained (alone it would reward a
+    MaxMin that simply kept serving the majority)."""
+    out = {
+        "minority_gain_gt_33pct": gain["minority_relative"] > 0.33
+        and gain["minority_relative_lo"] > 0,
+        "average_gain_gt_16pct": gain["average_relative"] > 0.16
+        and gain["average_relative_lo"] > 0,
+    }
+    if gain["minority_relative_lo"] > 0:
+        out["majority_not_hurt"] = gain["majority_points_lo"] > -NON_INFERIORITY_MARGIN
+    return out
+
+
+def verdict(gain: Mapping[str, float], power: bool) -> str:
+    """The notebook's pre-registered rule for one MaxMin arm: ``no power`` when the single
+    arm did not beat SFT for the majority (PPO moved nothing the evaluation can see);
+    ``reproduced`` when all three claims hold; ``partly`` when the minority gained (CI
+    above 0) but another claim fails; else ``not reproduced``."""
+    if not power:
+        return "no power"
+    c = claims(gain)
+    if all(c.values()) and len(c) == 3:
+        return "reproduced"
+    if gain["minority_relative_lo"] > 0:
+        return "partly"
+    return "not reproduced"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,8 +232,18 @@ def heldout_loss(model, blocks: torch.Tensor, batch_size: int) -> float:
     return total / count
 
 
-def train_and_evaluate(cfg: PretrainConfig, model_dir: str | Path) -> PretrainResult:
-    """Build data, train, evaluate on held-out reviews, sample, and save to ``model_dir``."""
+DocumentRewrite = Callable[[list[str], list[str]], tuple[list[str], list[str]]]
+"""(train documents, held-out documents) -> the same, rewritten (e.g. control tags)."""
+
+
+def train_and_evaluate(
+    cfg: PretrainConfig, model_dir: str | Path, rewrite: DocumentRewrite | None = None
+) -> PretrainResult:
+    """Build data, train, evaluate on held-out reviews, sample, and save to ``model_dir``.
+
+    ``rewrite`` changes the prepared documents before tokenization; it sees the training
+    documents with the held-out ones so that a rule fitted on the first (notebook 05's
+    grade terciles) applies unchanged to the second."""
     tokenizer = load_gpt2_tokenizer(cfg.tokenizer, cfg.max_merges)
     reviews = load_imdb(cfg.imdb)
     train_idx, eval_idx = split_reviews(len(reviews), cfg.train_docs, cfg.eval_docs, cfg.seed)
@@ -243,6 +253,8 @@ def train_and_evaluate(cfg: PretrainConfig, model_dir: str | Path) -> PretrainRe
     )
     eval_texts = reviews.select(eval_idx)["text"]
     eval_docs = prepare_documents(eval_texts, cfg.short_doc_fraction, cfg.short_max_sentences, rng)
+    if rewrite is not None:
+        train_docs, eval_docs = rewrite(train_docs, eval_docs)
     train_blocks = pack_blocks(tokenizer, train_docs, cfg.block_size)
     eval_blocks = pack_blocks(tokenizer, eval_docs, cfg.block_size)
 
