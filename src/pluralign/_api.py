@@ -30,6 +30,9 @@ EXPORTS: dict[str, str] = {
     "label_pairs": "pluralign.core.simulate",
     "TextRewardAdapter": "pluralign.training.reward_adapter",
     "fit_neural_em": "pluralign.training.neural_mixture",
+    "cross_fitted_hard_em": "pluralign.core.crossfit_em",
+    "fit_neural_crossfit_em": "pluralign.training.neural_crossfit",
+    "ban_token": "pluralign.training.token_ban",
     # Inverse alignment (Krishna & Sahoo, 2024)
     "frft_select": "pluralign.core.frft",
     "similarities": "pluralign.core.frft",
@@ -45,11 +48,14 @@ __all__ = [
     "Normalizer",
     "TextRewardAdapter",
     "aggregate",
+    "ban_token",
     "bootstrap_ci",
+    "cross_fitted_hard_em",
     "fill_zero_weight",
     "find_clones",
     "fit_bt",
     "fit_em",
+    "fit_neural_crossfit_em",
     "fit_neural_em",
     "frft_select",
     "headline",
@@ -74,6 +80,7 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs; not executed
         voronoi_weights,
         weighted_mle,
     )
+    from pluralign.core.crossfit_em import cross_fitted_hard_em
     from pluralign.core.frft import select as frft_select
     from pluralign.core.frft import similarities
     from pluralign.core.maxmin import Normalizer, aggregate
@@ -82,7 +89,9 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs; not executed
     from pluralign.core.simulate import label_pairs, simulate_users
     from pluralign.core.stats import bootstrap_ci, headline
     from pluralign.training.frft import FilteredRefit
+    from pluralign.training.neural_crossfit import fit_neural_crossfit_em
     from pluralign.training.neural_mixture import fit_neural_em
     from pluralign.training.reward_adapter import TextRewardAdapter
+    from pluralign.training.token_ban import ban_token
 
 assert set(__all__) == set(EXPORTS)

@@ -16,7 +16,9 @@ from scipy.special import expit
 from pluralign.data.preferences import load_preference_file
 from pluralign.data.psoups import (
     DIMENSIONS,
+    PREFERENCE_PROMPTS,
     check_dimensions,
+    comparison_texts,
     dimension_scores,
     group_truth,
     label_by_dimensions,
@@ -24,6 +26,8 @@ from pluralign.data.psoups import (
     mixture_users,
     opposed,
     psoups_users,
+    strip_preference,
+    with_preference,
 )
 from pluralign.pipeline.assets import AssetError
 
@@ -230,20 +234,21 @@ def test_load_psoups_reads_each_dimensions_file(tmp_path, monkeypatch, host_look
 # --------------------------------------------------------------------------- notebook 05's groups
 
 
-def test_psoups_users_cut_each_dimensions_comparisons_into_users():
+def _rows(tag: str, n: int, suffix: str = ""):
     from datasets import Dataset
 
-    def rows(tag: str, n: int) -> Dataset:
-        return Dataset.from_dict(
-            {
-                "prompt": [f" {tag}{i} " for i in range(n)],
-                "chosen": [f"c{tag}{i}" for i in range(n)],
-                "rejected": [f"r{tag}{i}" for i in range(n)],
-            }
-        )
+    return Dataset.from_dict(
+        {
+            "prompt": [f" {tag}{i} {suffix}" for i in range(n)],
+            "chosen": [f"c{tag}{i}" for i in range(n)],
+            "rejected": [f"r{tag}{i}" for i in range(n)],
+        }
+    )
 
-    files = {"P1A": rows("a", 7), "P1B": rows("b", 4)}
-    chosen, rejected, user_of, user_group, groups = psoups_users(
+
+def test_psoups_users_cut_each_dimensions_comparisons_into_users():
+    files = {"P1A": _rows("a", 7), "P1B": _rows("b", 4)}
+    chosen, rejected, user_of, user_group, groups, held = psoups_users(
         files, {"P1A": 3, "P1B": 2}, per_user=2, seed=0, template="<{prompt}>"
     )
     assert groups == ("P1A", "P1B")
@@ -254,10 +259,121 @@ def test_psoups_users_cut_each_dimensions_comparisons_into_users():
         i = c.split(tag)[-1]
         assert c == f"<{tag}{i}>c{tag}{i}" and r == f"<{tag}{i}>r{tag}{i}"  # one row each
     assert len(set(chosen)) == len(chosen)  # distinct comparisons across users
+    assert {d: len(rows) for d, rows in held.items()} == {"P1A": 0, "P1B": 0}  # none asked
     again = psoups_users(files, {"P1A": 3, "P1B": 2}, per_user=2, seed=0, template="<{prompt}>")
     assert again[0] == chosen
-    with pytest.raises(ValueError, match=r"P1B: 3 users x 2 need 6 rows, file has 4"):
+    with pytest.raises(ValueError, match=r"P1B: 3 users x 2 \+ 0 held out need 6 rows, file has 4"):
         psoups_users(files, {"P1A": 1, "P1B": 3}, 2, seed=0)
+
+
+def test_psoups_users_hold_rows_out_disjoint_from_the_users_rows():
+    files = {"P1A": _rows("a", 9), "P1B": _rows("b", 6)}
+    users = {"P1A": 3, "P1B": 2}
+    chosen, _, user_of, user_group, _, held = psoups_users(
+        files, users, per_user=2, seed=3, template="<{prompt}>", held_out=2
+    )
+    assert list(held) == ["P1A", "P1B"]
+    for g, (dim, tag) in enumerate((("P1A", "a"), ("P1B", "b"))):
+        used = {c.split(">")[1] for c, u in zip(chosen, user_of, strict=True) if user_group[u] == g}
+        kept_out = set(held[dim]["chosen"])
+        assert len(used) == 2 * users[dim] and len(kept_out) == 2
+        assert not used & kept_out  # no judge row is a training row
+        assert used | kept_out <= set(files[dim]["chosen"])
+        assert held[dim].column_names == ["prompt", "chosen", "rejected"]  # whole rows
+        for row in held[dim]:
+            i = row["chosen"][len(f"c{tag}") :]
+            assert row == {
+                "prompt": f" {tag}{i} ",
+                "chosen": f"c{tag}{i}",
+                "rejected": f"r{tag}{i}",
+            }
+    # holding rows out does not change which rows the users get (same seed)
+    plain = psoups_users(files, users, per_user=2, seed=3, template="<{prompt}>")
+    assert plain[0] == chosen
+    # the file must hold the users' rows and the held-out ones; the message names the file's
+    # dimension and both counts
+    with pytest.raises(
+        ValueError, match=r"^P1B: 2 users x 2 \+ 3 held out need 7 rows, file has 6"
+    ):
+        psoups_users(files, users, per_user=2, seed=3, held_out=3)
+    psoups_users(files, users, per_user=2, seed=3, held_out=2)  # P1B: 4 + 2 = 6 rows: fits
+
+
+def test_psoups_users_strip_the_preference_instruction_from_the_prompt():
+    files = {
+        "P1A": _rows("a", 4, PREFERENCE_PROMPTS["P1A"]),
+        "P1B": _rows("b", 4, PREFERENCE_PROMPTS["P1B"]),
+    }
+    chosen, rejected, *_, held = psoups_users(
+        files, {"P1A": 1, "P1B": 1}, per_user=3, seed=0, template="<{prompt}>", held_out=1
+    )
+    for text in chosen + rejected:
+        assert not any(p in text for p in PREFERENCE_PROMPTS.values())
+        assert text.startswith("<") and "> " not in text and " >" not in text
+    for dim in files:  # the held-out rows are raw: stripped where they become texts
+        assert PREFERENCE_PROMPTS[dim] in held[dim]["prompt"][0]
+
+
+# --------------------------------------------------------------------------- preference prompts
+
+
+def test_preference_prompts_are_the_release_instructions():
+    assert list(PREFERENCE_PROMPTS) == ["P1A", "P1B", "P2A", "P2B", "P3A", "P3B", "P3C", "P3D"]
+    assert PREFERENCE_PROMPTS["P1A"] == (
+        "Generate a response that can be easily understood by an elementary school student."
+    )
+    assert PREFERENCE_PROMPTS["P1B"] == (
+        "Generate a response that only a PhD Student in that specific field could understand."
+    )
+    assert set(DIMENSIONS) <= set(PREFERENCE_PROMPTS)
+
+
+@pytest.mark.parametrize("dim", list(PREFERENCE_PROMPTS))
+def test_strip_preference_removes_each_instruction_wherever_it_stands(dim: str):
+    instruction = PREFERENCE_PROMPTS[dim]
+    text = "Explain why the sky is blue, in two sentences."
+    assert strip_preference(f"{text} {instruction}") == text  # the release's place: the end
+    assert strip_preference(f"{instruction} {text}") == text
+    assert strip_preference(f"Explain why the sky {instruction} is blue, in two sentences.") == (
+        text
+    )
+    assert strip_preference(f"  {text}  {instruction}  ") == text
+    assert strip_preference(instruction) == ""
+
+
+def test_strip_preference_leaves_other_text_alone():
+    assert strip_preference("Explain rain.") == "Explain rain."
+    assert strip_preference("  Explain rain.\n") == "Explain rain."  # trimmed only
+    assert strip_preference("Line one.\nLine two.") == "Line one.\nLine two."
+    # not an instruction: a prefix of one, or one with a different word, stays
+    near = "Generate a response that can be easily understood by an elementary school pupil."
+    assert strip_preference(f"Explain rain. {near}") == f"Explain rain. {near}"
+    assert strip_preference("Generate a response") == "Generate a response"
+
+
+@pytest.mark.parametrize("dim", ["P1A", "P1B", "P3D"])
+def test_with_preference_appends_the_instruction_and_strip_undoes_it(dim: str):
+    prompt = "  Why do cats purr? "
+    conditioned = with_preference(prompt, dim)
+    assert conditioned == f"Why do cats purr? {PREFERENCE_PROMPTS[dim]}"
+    assert strip_preference(conditioned) == "Why do cats purr?"
+    with pytest.raises(KeyError):
+        with_preference(prompt, "P9A")
+
+
+def test_comparison_texts_use_the_stripped_templated_prompt():
+    record = {
+        "prompt": f"Explain rain. {PREFERENCE_PROMPTS['P1B']}",
+        "chosen": " Precipitation manifests.",
+        "rejected": " It is wet.",
+    }
+    chosen, rejected = comparison_texts(record)
+    assert chosen == "<|user|>\nExplain rain.\n<|assistant|>\n Precipitation manifests."
+    assert rejected == "<|user|>\nExplain rain.\n<|assistant|>\n It is wet."
+    assert comparison_texts(record, "Q: {prompt} A:") == (
+        "Q: Explain rain. A: Precipitation manifests.",
+        "Q: Explain rain. A: It is wet.",
+    )
 
 
 def test_group_truth_check_dimensions_and_opposed():

@@ -1,9 +1,12 @@
 """Notebook 05's helpers (MaxMin-RLHF at 7B on a tiny Llama proxy): pinning, chat prompts,
-left-padded sampling, P-SOUPS users, the headline table and one PPO arm end to end.
+left-padded sampling, P-SOUPS users, the config's refusals, the prompt sets (control tags on
+the proxy, preference instructions on the paper path), premise (a), the preference data and
+which reward model learns from what, the per-group conditioned evaluation and its judges,
+the paper's gains, claims and verdict, and one PPO arm end to end.
 
 Every check is against something computed here independently: hand values, a hand-written
-chat template, properties a paired percentile bootstrap must have, a greedy decode of
-unpadded prompts, planted rows.
+chat template, properties a paired percentile bootstrap must have (and the same bootstrap
+by hand), a greedy decode of unpadded prompts, planted rows.
 """
 
 from __future__ import annotations
@@ -26,15 +29,18 @@ from helpers import tiny_params_copy, write_params
 from transformers import PreTrainedTokenizerFast
 
 from pluralign.core.stats import bootstrap_ci, gains, headline
+from pluralign.data.control_tags import TAGS, grade_gap, grades, tagged_prompt_ids
 from pluralign.data.preferences import load_prompt_texts
 from pluralign.data.psoups import (
     DIMENSIONS,
+    PREFERENCE_PROMPTS,
     check_dimensions,
     dimension_scores,
     group_truth,
     label_by_dimensions,
     opposed,
     psoups_users,
+    with_preference,
 )
 from pluralign.data.text import chat_prompt_ids
 from pluralign.experiments import maxmin_tulu2 as mt
@@ -58,6 +64,7 @@ from pluralign.training.generation import (
     sample_continuations,
     sample_rollouts,
 )
+from pluralign.training.judges import ChatEndpointJudge, RewardModelJudge
 from pluralign.training.llama_proxy import build_llama_proxy
 from pluralign.training.lora import (
     BackboneSpec,
@@ -69,6 +76,7 @@ from pluralign.training.lora import (
 from pluralign.training.models import load_chat_tokenizer
 from pluralign.training.ppo import PPOSettings
 from pluralign.training.pretrain import PretrainConfig
+from pluralign.training.token_ban import BANNED_LOGIT
 
 SHAPE = {"hidden_size": 16, "n_layers": 1, "n_heads": 2, "intermediate_size": 32}
 N_TOKENS = 32
@@ -476,7 +484,8 @@ def _row_of(text: str, tag: str, kind: str) -> int:
 
 
 def test_psoups_users_cut_each_file_into_its_users():
-    chosen, rejected, user_of, user_group, groups = psoups_users(FILES, USERS, 2, seed=4)
+    chosen, rejected, user_of, user_group, groups, held = psoups_users(FILES, USERS, 2, seed=4)
+    assert {d: len(rows) for d, rows in held.items()} == {"P1A": 0, "P1B": 0}
     assert groups == ("P1A", "P1B")
     assert len(chosen) == len(rejected) == 10
     np.testing.assert_array_equal(user_of, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
@@ -506,9 +515,12 @@ def test_psoups_users_are_deterministic_in_the_seed():
 
 
 def test_psoups_users_need_enough_rows():
-    with pytest.raises(ValueError, match=r"P1B: 4 users x 2 need 8 rows, file has 7"):
+    with pytest.raises(ValueError, match=r"P1B: 4 users x 2 \+ 0 held out need 8 rows, file has 7"):
         psoups_users(FILES, {"P1A": 1, "P1B": 4}, 2, seed=0)
     psoups_users(FILES, {"P1A": 5, "P1B": 7}, 1, seed=0)  # exactly all rows is fine
+    with pytest.raises(ValueError, match=r"P1B: 3 users x 2 \+ 2 held out need 8 rows, file has 7"):
+        psoups_users(FILES, {"P1A": 1, "P1B": 3}, 2, seed=0, held_out=2)
+    psoups_users(FILES, {"P1A": 1, "P1B": 3}, 2, seed=0, held_out=1)  # 6 + 1 = 7: all rows
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -660,7 +672,7 @@ def cfg(tmp_path_factory) -> mt.Config:
 
 
 @pytest.fixture(scope="module")
-def imdb_sets(cfg, tok) -> dict[str, list[list[int]]]:
+def prompts(cfg, tok) -> mt.PromptSets:
     return mt.prompt_sets(cfg, tok, "packaged")
 
 
@@ -669,10 +681,20 @@ def test_config_of_the_cpu_profile_has_nested_sections_and_leaves_optionals_none
     assert cfg.generation == GenerationSettings(max_new_tokens=6, temperature=0.7)
     assert cfg.ppo.n_updates == 2 and cfg.ppo.kl_coef == 0.05  # shared key, cpu override
     assert cfg.reward_model.max_length == 16
-    assert cfg.n_pref_prompts == 20 and cfg.launcher is None
-    for key in ("psoups_files", "psoups_columns", "ppo_prompt_column", "eval_prompts_split",
-                "eval_prompt_column", "judge_model"):  # fmt: skip
+    assert (cfg.n_pref_prompts, cfg.n_judge_prompts) == (20, 10) and cfg.launcher is None
+    assert (cfg.users_per_group, cfg.ratio, cfg.comparisons_per_user) == (4, 2, 3)
+    assert (cfg.em_iters, cfg.em_folds) == (1, 2)
+    assert cfg.judges == ["ground_truth", "heldout_rm"]  # the rule first: primary
+    assert cfg.suppress_eos is True and cfg.stop_if_uncontrollable is False
+    assert cfg.dimension == {"majority": "P1A", "minority": "P1B"}
+    for key in ("psoups_files", "psoups_columns", "ppo_prompt_column", "ppo_input_column",
+                "eval_prompts_split", "eval_prompt_column", "judge_model",
+                "n_judge_comparisons"):  # fmt: skip
         assert getattr(cfg, key) is None, key
+
+
+PSOUPS = {"preference_data": "data/rlphf", "psoups_files": {"P1A": "a.json", "P1B": "b.json"}}
+HUB = {"policy": "allenai/tulu-2-7b@abc", "proxy": None}
 
 
 @pytest.mark.parametrize(
@@ -681,10 +703,31 @@ def test_config_of_the_cpu_profile_has_nested_sections_and_leaves_optionals_none
         ({"majority": "P4A"}, r"unknown P-SOUPS dimension 'P4A'"),
         ({"minority": "P1A"}, "must be different dimensions"),
         ({"proxy": None}, "policy llama_proxy needs the proxy section"),
-        ({"n_pref_prompts": None}, "synthetic preference data needs n_pref_prompts"),
+        (
+            {"majority": "P2A", "minority": "P2B"},
+            r"the proxy's control tags cover \['P1A', 'P1B'\]; majority/minority are P2A/P2B",
+        ),
+        ({"minority": "P3B"}, r"control tags cover .*; majority/minority are P1A/P3B"),
+        ({"n_pref_prompts": None}, "synthetic preference data needs n_pref_prompts and n_judge"),
+        ({"n_judge_prompts": None}, "synthetic preference data needs n_pref_prompts and n_judge"),
         ({"preference_data": "data/rlphf"}, r"preference_data 'data/rlphf' needs psoups_files"),
-        ({"judge": "gpt4"}, r"judge 'gpt4' is not ground_truth/reward_model/endpoint"),
-        ({"judge": "endpoint"}, "judge endpoint: name the endpoint's model in judge_model"),
+        ({"judges": []}, r"judges \[\]: each must be one of \('ground_truth', 'heldout_rm', 'end"),
+        ({"judges": ["gpt4"]}, r"judges \['gpt4'\]: each must be one of"),
+        ({"judges": ["heldout_rm", "reward_model"]}, r"judges \['heldout_rm', 'reward_model'\]"),
+        ({**PSOUPS, "judges": ["ground_truth"]}, "judge ground_truth exists for synthetic data"),
+        (
+            {**PSOUPS, "judges": ["heldout_rm", "ground_truth"], "n_judge_comparisons": 5},
+            "judge ground_truth exists for synthetic data only",
+        ),
+        ({**PSOUPS, "judges": ["heldout_rm"]}, "heldout_rm on P-SOUPS files needs n_judge_comp"),
+        ({"judges": ["endpoint"]}, "judge endpoint: name the endpoint's model in judge_model"),
+        ({"ratio": 5}, r"ratio 5 must leave 1\.\.3 minority users of 4 in the biased mix"),
+        ({"ratio": 1}, r"ratio 1 must leave 1\.\.3 minority users of 4"),  # no bias: 4 of 4
+        ({"ratio": 0}, r"ratio 0 must leave"),
+        ({"users_per_group": 1}, r"ratio 2 must leave 1\.\.0 minority users of 1"),
+        ({"em_folds": 1}, r"em_folds must be >= 2 \(cross-fitted E-step\), got 1"),
+        ({"ppo_prompts": "alpaca.json"}, r"ppo_prompts 'alpaca.json' needs ppo_prompt_column"),
+        ({"eval_prompts": "koala.json"}, r"needs eval_prompt_column and eval_prompts_split"),
     ],
 )
 def test_config_refuses_inconsistent_settings(cfg, changes: dict[str, Any], message: str):
@@ -694,106 +737,638 @@ def test_config_refuses_inconsistent_settings(cfg, changes: dict[str, Any], mess
 
 def test_config_accepts_the_hub_profile_combinations(cfg):
     hub = dataclasses.replace(
-        cfg, policy="allenai/tulu-2-7b@abc", proxy=None, preference_data="data/rlphf",
-        psoups_files={"P1A": "P1A.json", "P1B": "P1B.json"}, n_pref_prompts=None,
-        judge="endpoint", judge_model="gpt-4o",
+        cfg, **HUB, **PSOUPS, n_pref_prompts=None, n_judge_prompts=None,
+        judges=["heldout_rm", "endpoint"], judge_model="gpt-4o", n_judge_comparisons=500,
+        users_per_group=40, ratio=10, em_folds=5,
     )  # fmt: skip
     assert backbone_spec(hub, "unused").source == "allenai/tulu-2-7b@abc"
+    # a hub policy reads instructions: any two dimensions, no control tags needed
+    dataclasses.replace(hub, minority="P3B")
+    # the edges that are allowed: ratio leaving exactly 1 minority user, two folds
+    dataclasses.replace(cfg, ratio=3)  # 4 // 3 = 1
+    dataclasses.replace(cfg, ratio=4, em_folds=2)  # 4 // 4 = 1
+    dataclasses.replace(cfg, majority="P1B", minority="P1A")  # the tags in either order
 
 
-# --------------------------------------------------------------------------- data and evaluation
+# --------------------------------------------------------------------------- prompt sets
 
 
-def test_prompt_sets_from_imdb_have_the_sizes_and_one_length(cfg, tok, imdb_sets):
+def test_prompt_sets_from_imdb_have_the_sizes_one_length_and_tags(cfg, tok, proxy, prompts):
     """(Disjoint by review: two reviews may still open with the same 4 tokens.)"""
-    sets = imdb_sets
-    assert {k: len(v) for k, v in sets.items()} == {"pref": 20, "ppo": 8, "eval": 6}
-    rows = [p for v in sets.values() for p in v]
+    sizes = {k: len(getattr(prompts, k)) for k in ("pref", "judge", "ppo", "eval")}
+    assert sizes == {"pref": 20, "judge": 10, "ppo": 8, "eval": 6}
+    rows = prompts.pref + prompts.judge + prompts.ppo + prompts.eval
     assert {len(p) for p in rows} == {cfg.prompt_tokens + 1}  # EOS + prompt_tokens
     assert all(p[0] == tok.eos_token_id for p in rows)
-    assert mt.prompt_sets(cfg, tok, "packaged") == sets  # seeded
+    # each group's evaluation prompts: the same openings with the group's control tag
+    assert list(prompts.eval_by_group) == list(GROUPS)
+    for g, dim in cfg.dimension.items():
+        assert prompts.eval_by_group[g] == tagged_prompt_ids(tok, prompts.eval, TAGS[dim])
+    assert prompts.eval_by_group["majority"] != prompts.eval_by_group["minority"]
+    # the text a held-out reward model reads before an answer: the untagged prompt, in the
+    # form of the texts it was trained on (Rollouts.texts = prompt text + continuation)
+    roll = sample_rollouts(proxy, tok, prompts.eval, 2, 0.7, seed=0)
+    assert len(prompts.eval_text) == 6
+    for text, full, cont in zip(prompts.eval_text, roll.texts, roll.continuations, strict=True):
+        assert full == text + cont
+        assert not any(tag in text for tag in TAGS.values())
+    assert mt.prompt_sets(cfg, tok, "packaged") == prompts  # seeded
 
 
-def test_synthetic_comparisons_are_labelled_on_the_training_pairs(cfg, tok, proxy, imdb_sets):
-    pref = imdb_sets["pref"]
-    data = mt.comparisons(cfg, tok, proxy, pref)
-    pairs, labels = data.pairs, data.labels
+def test_prompt_sets_from_instruction_files(cfg, tok, tmp_path: Path, datasets_cache):
+    """The paper path: PPO prompts are instruction + input (inputs may be empty), evaluation
+    prompts get each group's preference instruction appended, and a prompt is kept only if
+    every version of it fits, so that all groups are judged on the same prompts."""
+    n_tokens = 72
+    fits = ["Why do cats purr?", "Name a good film.", "Is rain wet?"]
+    # fits alone, not with a preference instruction appended
+    long = "Describe the plot of the film, then name its best scene and its actors."
+    assert len(tok(chat(long))["input_ids"]) <= n_tokens
+    assert len(tok(chat(with_preference(long, "P1A")))["input_ids"]) > n_tokens
+    assert all(len(tok(chat(with_preference(t, "P1B")))["input_ids"]) <= n_tokens for t in fits)
+    koala = _jsonl(tmp_path / "koala.json", [{"prompt": t} for t in [fits[0], long, *fits[1:]]])
+    alpaca = _jsonl(
+        tmp_path / "alpaca.json",
+        [
+            {"instruction": "Tell me about rain.", "input": ""},
+            {"instruction": "Why? " * 30, "input": ""},  # too long: dropped
+            {"instruction": " Summarize this. ", "input": " Cats purr when happy. "},
+            {"instruction": "Name a cat.", "input": None},
+        ],
+    )
+    texts = mt.instruction_texts(str(alpaca), "train", "instruction", "input")
+    assert texts[0] == "Tell me about rain." and texts[2] == "Summarize this. Cats purr when happy."
+    assert texts[3] == "Name a cat."
+    assert mt.instruction_texts(str(alpaca), "train", "instruction", None)[2] == (
+        " Summarize this. "
+    )  # no input column: the instructions as they are
+    paper = dataclasses.replace(
+        cfg, ppo_prompts=str(alpaca), ppo_prompt_column="instruction", ppo_input_column="input",
+        eval_prompts=str(koala), eval_prompts_split="train", eval_prompt_column="prompt",
+        prompt_tokens=n_tokens, n_ppo_prompts=3, n_eval_prompts=3,
+    )  # fmt: skip
+    sets = mt.prompt_sets(paper, tok, "packaged")
+    assert sets.pref == [] and sets.judge == []
+    kept = [texts[0], texts[2], texts[3]]
+    assert sets.ppo == chat_prompt_ids(tok, kept, n_tokens)
+    assert sets.eval == chat_prompt_ids(tok, fits, n_tokens)  # the long one dropped
+    for g, dim in paper.dimension.items():
+        want = chat_prompt_ids(tok, [with_preference(t, dim) for t in fits], n_tokens)
+        assert sets.eval_by_group[g] == want
+    assert {len(p) for p in sets.ppo + sets.eval + sets.eval_by_group["minority"]} == {n_tokens}
+    # the held-out reward models read the unconditioned prompt, never a preference
+    for t, text in zip(fits, sets.eval_text, strict=True):
+        assert t in text and text.endswith("<|assistant|>\n") and tok.pad_token not in text
+        assert not any(p in text for p in PREFERENCE_PROMPTS.values())
+    with pytest.raises(ValueError, match=r"3 PPO / 3 evaluation prompts fit in prompt_tokens=72"):
+        mt.prompt_sets(dataclasses.replace(paper, n_ppo_prompts=4), tok, "packaged")
+    with pytest.raises(ValueError, match=r"3 PPO / 3 evaluation prompts fit .* ask for 3 / 4"):
+        mt.prompt_sets(dataclasses.replace(paper, n_eval_prompts=4), tok, "packaged")
+
+
+def test_instruction_texts_name_a_bad_input_column(tmp_path: Path, datasets_cache):
+    path = _jsonl(tmp_path / "a.json", [{"instruction": "Say hi.", "input": 5}] * 2)
+    with pytest.raises(ValueError, match=r"a\.json: no column 'context' \(it has"):
+        mt.instruction_texts(str(path), "train", "instruction", "context")
+    with pytest.raises(ValueError, match=r"a\.json: row 0: field 'input' is not text"):
+        mt.instruction_texts(str(path), "train", "instruction", "input")
+
+
+# --------------------------------------------------------------------------- premise (a)
+
+
+def test_controllability_is_the_grade_gap_of_the_sft_answers_per_tag(cfg, tok, prompts):
+    # Peaked next-token distributions: the tag changes the answers (with the default
+    # initialisation a 1-layer proxy answers both tags alike and every gap is 0).
+    proxy = build_llama_proxy(tok, seed=0, initializer_range=0.5, **SHAPE)
+    gap, sft = mt.controllability(proxy, tok, cfg, prompts, seed=3)
+    assert list(sft) == ["majority", "minority", "none"]
+    assert sft["majority"].continuations != sft["minority"].continuations
+    assert abs(gap.gap) > 0.5  # the swap below could not hide behind a zero gap
+    gen = cfg.generation
+    for g, ids in [*prompts.eval_by_group.items(), ("none", prompts.eval)]:
+        assert sft[g].prompt_ids == ids
+        again = sample_rollouts(proxy, tok, ids, gen.max_new_tokens, gen.temperature, 3)
+        assert sft[g].continuations == again.continuations  # the seed given, each condition
+    # majority P1A = [easy], minority P1B = [hard]: gap = grade([hard]) - grade([easy])
+    want = grade_gap(
+        sft["majority"].continuations, sft["minority"].continuations, sft["none"].continuations,
+        cfg.n_boot, 3,
+    )  # fmt: skip
+    assert gap.gap == pytest.approx(want.gap, abs=1e-12)
+    assert (gap.lo, gap.hi) == pytest.approx((want.lo, want.hi), abs=1e-12)
+    assert gap.mean_grade == pytest.approx(want.mean_grade, abs=1e-12)
+    # groups swapped (majority P1B): the majority answers [hard], and the gap still reads
+    # [hard] minus [easy], so it is the same number
+    swapped = dataclasses.replace(cfg, majority="P1B", minority="P1A")
+    by_group = {"majority": prompts.eval_by_group["minority"],
+                "minority": prompts.eval_by_group["majority"]}  # fmt: skip
+    gap2, sft2 = mt.controllability(
+        proxy, tok, swapped, dataclasses.replace(prompts, eval_by_group=by_group), 3
+    )
+    assert sft2["majority"].continuations == sft["minority"].continuations
+    assert gap2.gap == pytest.approx(gap.gap, abs=1e-12)
+    assert gap2.mean_grade == pytest.approx(gap.mean_grade, abs=1e-12)
+
+
+def test_ban_eos_bans_only_when_enabled(tok):
+    model = build_llama_proxy(tok, seed=0, **SHAPE)  # its own model: the ban stays on it
+    ids = torch.tensor([[tok.eos_token_id, 40, 41, 42]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        assert mt.ban_eos(False, model, tok) is model
+        torch.testing.assert_close(model(input_ids=ids).logits, plain)
+        assert mt.ban_eos(True, model, tok) is model
+        banned = model(input_ids=ids).logits
+    eos = tok.eos_token_id
+    assert (banned[..., eos] == BANNED_LOGIT).all()
+    torch.testing.assert_close(banned[..., :eos], plain[..., :eos])
+    torch.testing.assert_close(banned[..., eos + 1 :], plain[..., eos + 1 :])
+
+
+# --------------------------------------------------------------------------- preference data
+
+
+def test_synthetic_preference_data_is_labelled_on_the_training_pairs(cfg, tok, proxy, prompts):
+    data = mt.preference_data(cfg, tok, proxy, prompts)
+    pairs, labels, full = data.pairs, data.labels, data.full
     assert pairs is not None and labels is not None
-    n = (cfg.users_majority + cfg.users_minority) * cfg.comparisons_per_user
-    assert len(data.chosen) == len(data.rejected) == n
+    n_users = 2 * cfg.users_per_group  # the full per-group data: 4 + 4 users
+    assert len(full) == len(full.rejected) == n_users * cfg.comparisons_per_user
     assert pairs.n_train == 16 and len(pairs.a) == 20
     assert labels.pair.max() < pairs.n_train  # held-out pairs are never labelled
-    np.testing.assert_array_equal(data.user_of, labels.user)
-    np.testing.assert_array_equal(data.user_group, [0] * 4 + [1] * 2)
-    # labels by the dimensions' scores, z-scored over the training pairs only
-    z = (dimension_scores(pairs.a.continuations), dimension_scores(pairs.b.continuations))
+    np.testing.assert_array_equal(full.user_of, labels.user)
+    np.testing.assert_array_equal(full.user_group, [0] * 4 + [1] * 4)
+    # labels by the dimensions' scores of the training pairs (z-scored over them only)
     again, groups = label_by_dimensions(
-        z[0].iloc[pairs.train], z[1].iloc[pairs.train],
-        [cfg.majority] * cfg.users_majority + [cfg.minority] * cfg.users_minority,
-        cfg.comparisons_per_user, cfg.label_beta, cfg.seed,
+        dimension_scores([pairs.a.continuations[i] for i in pairs.train]),
+        dimension_scores([pairs.b.continuations[i] for i in pairs.train]),
+        [cfg.majority] * 4 + [cfg.minority] * 4, cfg.comparisons_per_user, cfg.label_beta,
+        cfg.seed,
     )  # fmt: skip
     assert groups == (cfg.majority, cfg.minority)
     np.testing.assert_array_equal(again.a_wins, labels.a_wins)
-    assert (data.chosen, data.rejected) == pairs.comparisons(labels)
-    # the groups' ground truth is the dimensions' scores of the continuations only
+    assert (full.chosen, full.rejected) == pairs.comparisons(labels)
     pd.testing.assert_frame_equal(
         pairs.truth_a, group_truth(pairs.a.continuations, cfg.majority, cfg.minority)
     )
 
 
-def test_evaluate_arm_of_the_reference_itself_ties_everywhere(cfg, tok, proxy):
-    ids = chat_prompt_ids(tok, TEXTS, N_TOKENS)
+def test_synthetic_judge_pairs_are_other_prompts_ordered_by_each_groups_rule(
+    cfg, tok, proxy, prompts
+):
+    judge = mt.preference_data(cfg, tok, proxy, prompts).judge
+    assert list(judge) == list(GROUPS)
+    heads = [tok.decode(p[1:]) for p in prompts.judge]  # the judge prompts' text
+    chosen, rejected = judge["majority"]
+    assert 0 < len(chosen) == len(rejected) <= len(prompts.judge)
+    for c, r in zip(chosen, rejected, strict=True):
+        head = max((h for h in heads if c.startswith(h) and r.startswith(h)), key=len)
+        truth = group_truth([c[len(head) :], r[len(head) :]], cfg.majority, cfg.minority)
+        assert truth["majority"][0] > truth["majority"][1]  # strictly: ties are dropped
+    # P1A and P1B are exact opposites: the minority's pairs are the majority's, reversed
+    assert judge["minority"] == (rejected, chosen)
+
+
+def _release(folder: Path, n: int) -> Path:
+    """The RLPHF release's reward-model files: user_input carries the preference
+    instruction; completion_a is the preferred answer."""
+    (folder / "rm_training").mkdir(parents=True)
+    for dim in ("P1A", "P1B"):
+        rows = [
+            {
+                "user_input": f"Explain topic {i}. {PREFERENCE_PROMPTS[dim]}",
+                "completion_a": f" {dim} good {i}",
+                "completion_b": f" {dim} bad {i}",
+            }
+            for i in range(n)
+        ]
+        _jsonl(folder / "rm_training" / f"{dim}.json", rows)
+    return folder
+
+
+RELEASE = {
+    "psoups_files": {"P1A": "rm_training/P1A.json", "P1B": "rm_training/P1B.json"},
+    "psoups_columns": {
+        "prompt": "user_input",
+        "chosen": "completion_a",
+        "rejected": "completion_b",
+    },
+}
+
+
+def test_psoups_preference_data_has_no_preference_instruction_in_any_text(
+    cfg, tmp_path: Path, datasets_cache, host_lookups
+):
+    """What the reward models (and the judges') learn from the release's rows: the prompt
+    without its preference instruction (the PPO prompts carry none), in Tulu's format."""
+    folder = _release(tmp_path / "rlphf", 16)
+    paper = dataclasses.replace(
+        cfg, preference_data=str(folder), **RELEASE, judges=["heldout_rm"], n_judge_comparisons=3
+    )
+    data = mt.preference_data(paper, None, None, None)  # files only: no model, no prompts
+    assert data.pairs is None and data.labels is None
+    full = data.full
+    assert len(full) == 2 * 4 * 3
+    np.testing.assert_array_equal(full.user_group, [0] * 4 + [1] * 4)
+    texts = [*full.chosen, *full.rejected]
+    texts += [t for g in GROUPS for side in data.judge[g] for t in side]
+    for text in texts:
+        assert not any(p in text for p in PREFERENCE_PROMPTS.values()), text
+        assert "Generate a response" not in text
+    used: dict[str, set[int]] = {"P1A": set(), "P1B": set()}
+    for c, r, u in zip(full.chosen, full.rejected, full.user_of, strict=True):
+        dim = ("P1A", "P1B")[full.user_group[u]]
+        i = int(c.rsplit(" ", 1)[1])
+        assert c == chat(f"Explain topic {i}.") + f" {dim} good {i}"  # completion_a: chosen
+        assert r == chat(f"Explain topic {i}.") + f" {dim} bad {i}"
+        used[dim].add(i)
+    for g, dim in paper.dimension.items():
+        chosen, rejected = data.judge[g]
+        assert len(chosen) == len(rejected) == 3
+        rows = set()
+        for c, r in zip(chosen, rejected, strict=True):
+            i = int(c.rsplit(" ", 1)[1])
+            assert c == chat(f"Explain topic {i}.") + f" {dim} good {i}"
+            assert r == chat(f"Explain topic {i}.") + f" {dim} bad {i}"
+            rows.add(i)
+        assert len(rows) == 3 and not rows & used[dim]  # rows no arm trains on
+    assert host_lookups == []
+
+
+# --------------------------------------------------------------------------- users and data
+
+
+def _comparisons(groups: list[int], per_user: int = 2) -> mt.Comparisons:
+    """User u's j-th comparison is ("c{u}-{j}", "r{u}-{j}")."""
+    users = range(len(groups))
+    return mt.Comparisons(
+        [f"c{u}-{j}" for u in users for j in range(per_user)],
+        [f"r{u}-{j}" for u in users for j in range(per_user)],
+        np.repeat(np.arange(len(groups)), per_user),
+        np.asarray(groups),
+    )
+
+
+def _owner(text: str) -> int:
+    return int(text[1:].split("-")[0])
+
+
+def test_comparisons_subset_renumbers_users_in_the_order_given():
+    comps = _comparisons([0, 0, 1, 0, 1])
+    sub = comps.subset([3, 1])
+    assert sub.chosen == ["c1-0", "c1-1", "c3-0", "c3-1"]  # rows keep the file's order
+    assert sub.rejected == ["r1-0", "r1-1", "r3-0", "r3-1"]
+    np.testing.assert_array_equal(sub.user_of, [1, 1, 0, 0])  # 3 -> 0, 1 -> 1
+    np.testing.assert_array_equal(sub.user_group, [0, 0])
+    assert sub.user_of.dtype == np.int64 and len(sub) == 4
+    mixed = comps.subset(np.array([4, 0]))
+    for text, u in zip(mixed.chosen, mixed.user_of, strict=True):
+        assert _owner(text) == [4, 0][u]
+    np.testing.assert_array_equal(mixed.user_group, [1, 0])
+
+
+def test_comparisons_group_keeps_one_groups_users():
+    comps = _comparisons([0, 1, 0, 1, 1])
+    minority = comps.group(1)
+    assert [_owner(t) for t in minority.chosen] == [1, 1, 3, 3, 4, 4]
+    np.testing.assert_array_equal(minority.user_of, [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(minority.user_group, [1, 1, 1])
+    assert {_owner(t) for t in comps.group(0).chosen} == {0, 2}
+
+
+@pytest.mark.parametrize(("n", "ratio", "keep"), [(30, 10, 3), (40, 10, 4), (4, 2, 2), (9, 3, 3)])
+def test_comparisons_biased_keeps_all_majority_and_n_over_ratio_minority_users(n, ratio, keep):
+    comps = _comparisons([0] * n + [1] * n, per_user=1)
+    biased = comps.biased(ratio)
+    np.testing.assert_array_equal(biased.user_group, [0] * n + [1] * keep)
+    owners = [_owner(t) for t in biased.chosen]
+    assert owners == list(range(n)) + list(range(n, n + keep))  # the first minority users
+    np.testing.assert_array_equal(biased.user_of, np.arange(n + keep))  # renumbered 0..
+    assert np.bincount(biased.user_group[biased.user_of]).tolist() == [n, keep]
+
+
+def test_comparisons_biased_refuses_to_keep_no_minority_user():
+    with pytest.raises(ValueError, match="9 minority users leave none at ratio 10"):
+        _comparisons([0] * 30 + [1] * 9).biased(10)
+    _comparisons([0] * 30 + [1] * 10).biased(10)  # one is enough
+
+
+def test_fit_reward_models_trains_each_model_on_its_data(cfg, tok, monkeypatch):
+    """Which data each reward model learns from: the single RM and EM's 10:1 run on the
+    biased mix, each group RM on its whole group, each judge on the judges' rows only."""
+    full = _comparisons([0] * 4 + [1] * 4, per_user=3)
+    judge = {"majority": (["jc-maj"], ["jr-maj"]), "minority": (["jc-min"], ["jr-min"])}
+    data = mt.PreferenceData(full, judge)
+    fitted: list[tuple[str, list[str]]] = []
+    em_calls: list[dict[str, Any]] = []
+
+    def fake_fit(model, tokenizer, chosen, rejected, settings, seed):
+        assert settings == cfg.reward_model and seed == cfg.seed and tokenizer is tok
+        model.seen = (list(chosen), list(rejected))
+        fitted.append(model.seen)
+        return model
+
+    def fake_em(chosen, rejected, users, k, new_model, tokenizer, **kwargs):
+        em_calls.append({"chosen": list(chosen), "users": np.asarray(users), "k": k} | kwargs)
+        models = [new_model(0), new_model(1)]
+        return SimpleNamespace(models=models)
+
+    monkeypatch.setattr(mt, "fit_reward_model", fake_fit)
+    monkeypatch.setattr(mt, "fit_neural_crossfit_em", fake_em)
+    rms = mt.fit_reward_models(cfg, data, lambda: SimpleNamespace(), tok)
+    assert list(rms.models) == [
+        "single", "group_majority", "group_minority", "judge_majority", "judge_minority",
+        "em0", "em1",
+    ]  # fmt: skip
+    biased = full.biased(cfg.ratio)
+    owners = lambda texts: sorted({_owner(t) for t in texts})  # noqa: E731
+    assert rms.models["single"].seen == (biased.chosen, biased.rejected)
+    assert owners(rms.models["single"].seen[0]) == [0, 1, 2, 3, 4, 5]  # 4 + 4 // 2
+    assert owners(rms.models["group_majority"].seen[0]) == [0, 1, 2, 3]
+    assert owners(rms.models["group_minority"].seen[0]) == [4, 5, 6, 7]
+    assert rms.models["judge_majority"].seen == (["jc-maj"], ["jr-maj"])
+    assert rms.models["judge_minority"].seen == (["jc-min"], ["jr-min"])
+    assert list(rms.em) == ["10to1", "1to1"] and len(em_calls) == 2
+    assert em_calls[0]["chosen"] == biased.chosen and em_calls[1]["chosen"] == full.chosen
+    np.testing.assert_array_equal(em_calls[0]["users"], biased.user_of)
+    for call in em_calls:
+        assert call["k"] == 2 and call["n_folds"] == cfg.em_folds
+        assert call["n_iter"] == cfg.em_iters and call["seed"] == cfg.seed
+        assert call["max_length"] == cfg.reward_model.max_length
+    assert rms.models["em0"] is rms.em["10to1"].models[0]  # MaxMin-EM: the 10:1 mixture
+    assert rms.em_data["10to1"].chosen == biased.chosen and rms.em_data["1to1"] is full
+    assert set(rms.seconds) == {*list(rms.models)[:5], "em_10to1", "em_1to1"}
+
+
+def test_em_summary_scores_each_run_against_the_planted_groups():
+    truth = _comparisons([0, 0, 0, 1, 1, 1])
+    em = {
+        "perfect": SimpleNamespace(
+            assignment=np.array([1, 1, 1, 0, 0, 0]), initial=np.array([0, 1, 0, 1, 0, 1]),
+            n_iter=3,
+        ),
+        "stuck": SimpleNamespace(
+            assignment=np.array([0, 1, 0, 1, 0, 1]), initial=np.array([0, 1, 0, 1, 0, 1]),
+            n_iter=1,
+        ),
+    }  # fmt: skip
+    rms = mt.RewardModels({}, em, {"perfect": truth, "stuck": truth}, {})
+    out = rms.em_summary()
+    assert out["perfect"]["ari"] == pytest.approx(1.0)  # labels swapped: still perfect
+    assert out["perfect"]["users_moved"] == 4 and out["perfect"]["users"] == 6
+    assert out["perfect"]["iterations"] == 3
+    assert out["stuck"]["users_moved"] == 0
+    assert out["stuck"]["ari"] == pytest.approx(out["stuck"]["ari_start"])
+    assert out["perfect"]["ari_start"] == pytest.approx(out["stuck"]["ari"])
+    assert out["stuck"]["ari"] < 0.5
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class Recorder:
+    """An endpoint-like judge (not a reward model): a fixed outcome, and what it was asked."""
+
+    def __init__(self, outcome: float) -> None:
+        self.outcome = outcome
+        self.calls: list[tuple[list[str], list[str], list[str]]] = []
+
+    def compare(self, prompts, answers, references):
+        self.calls.append((list(prompts), list(answers), list(references)))
+        return np.full(len(prompts), self.outcome)
+
+
+def _sft(tok, proxy, prompts, seed: int):
+    return {g: sample_rollouts(proxy, tok, prompts.eval_by_group[g], 6, 0.7, seed) for g in GROUPS}
+
+
+def test_evaluate_arm_of_the_reference_itself_ties_everywhere(cfg, tok, proxy, prompts):
     gen = cfg.generation
-    ref_eval = sample_rollouts(proxy, tok, ids, gen.max_new_tokens, gen.temperature, cfg.seed + 4)
-    wins, row = mt.evaluate_arm(proxy, proxy, tok, cfg, ids, ref_eval, judges=None)
-    assert list(wins.columns) == list(GROUPS) and len(wins) == len(TEXTS)
-    assert (wins == 0.5).all().all()  # same policy, same seed: the same answers
-    assert row["majority_win_rate"] == row["minority_win_rate"] == 0.5
-    truth = mt.truth_of(cfg)(ref_eval)
+    sft = {
+        g: sample_rollouts(
+            proxy, tok, prompts.eval_by_group[g], gen.max_new_tokens, gen.temperature, cfg.seed + 4
+        )
+        for g in GROUPS
+    }
+    judges = {"ground_truth": {g: None for g in GROUPS}}
+    outcomes, row = mt.evaluate_arm(proxy, proxy, tok, cfg, prompts, sft, judges)
+    assert list(outcomes) == ["ground_truth"] and list(outcomes["ground_truth"]) == list(GROUPS)
     for g in GROUPS:
-        assert row[f"{g}_truth"] == pytest.approx(float(truth[g].mean()), abs=1e-12)
-    grade = -dimension_scores(ref_eval.continuations)["P1A"].mean()
-    assert row["grade"] == pytest.approx(float(grade), abs=1e-12)
-    assert row["kl"] == 0.0  # bitwise on purpose: one network, the same rows
-    assert row["mean_tokens"] == pytest.approx(float(ref_eval.n_tokens.mean()))
+        np.testing.assert_array_equal(outcomes["ground_truth"][g], np.full(6, 0.5))
+        truth = mt.truth_of(cfg)(sft[g])[g]
+        assert row[f"truth_{g}"] == pytest.approx(float(truth.mean()), abs=1e-12)
+        assert row[f"grade_{g}"] == pytest.approx(float(grades(sft[g].continuations).mean()))
+        assert row[f"tokens_{g}"] == pytest.approx(float(sft[g].n_tokens.mean()))
+    assert row["kl"] == pytest.approx(0.0, abs=1e-9)  # one network, the same rows
+    assert set(row) == {"kl"} | {f"{k}_{g}" for k in ("truth", "grade", "tokens") for g in GROUPS}
 
 
-def test_evaluate_arm_asks_each_groups_judge_with_decoded_prompts(cfg, tok, proxy):
-    ids = chat_prompt_ids(tok, TEXTS, N_TOKENS)
-    ref_eval = sample_rollouts(proxy, tok, ids, 3, 0.7, seed=1)
-    asked: dict[str, tuple] = {}
+def test_evaluate_arm_judges_each_group_on_its_own_conditioned_answers(cfg, tok, proxy, prompts):
+    sft = _sft(tok, proxy, prompts, seed=1)
+    scored: list[list[str]] = []
 
-    class Fixed:
-        def __init__(self, group: str, outcome: float) -> None:
-            self.group, self.outcome = group, outcome
+    def score(texts: list[str]) -> np.ndarray:
+        scored.append(list(texts))
+        return np.arange(len(texts), dtype=np.float64)  # the references score higher
 
-        def compare(self, prompts, answers, references):
-            asked[self.group] = (prompts, answers, references)
-            return np.full(len(prompts), self.outcome)
+    endpoint = {"majority": Recorder(1.0), "minority": Recorder(0.25)}
+    judges = {
+        "ground_truth": {g: None for g in GROUPS},
+        "heldout_rm": {g: RewardModelJudge(score) for g in GROUPS},
+        "endpoint": endpoint,
+    }
+    outcomes, row = mt.evaluate_arm(proxy, proxy, tok, cfg, prompts, sft, judges)
+    assert list(outcomes) == ["ground_truth", "heldout_rm", "endpoint"]
+    for g, dim in cfg.dimension.items():
+        (shown, answers, references), = endpoint[g].calls  # fmt: skip
+        assert references == sft[g].continuations and len(answers) == 6
+        # the endpoint reads the prompt as the policy saw it: with the group's condition
+        assert all(TAGS[dim] in p for p in shown) and tok.pad_token not in "".join(shown)
+        np.testing.assert_array_equal(outcomes["endpoint"][g], np.full(6, endpoint[g].outcome))
+        # the rule: win 1, tie 1/2, loss 0 of the policy's answer against SFT's
+        truth = group_truth(answers, cfg.majority, cfg.minority)[g].to_numpy()
+        truth_sft = group_truth(references, cfg.majority, cfg.minority)[g].to_numpy()
+        np.testing.assert_array_equal(
+            outcomes["ground_truth"][g], 0.5 + 0.5 * np.sign(truth - truth_sft)
+        )
+        assert row[f"truth_{g}"] == pytest.approx(float(truth.mean()), abs=1e-12)
+        assert row[f"grade_{g}"] == pytest.approx(float(grades(answers).mean()), abs=1e-12)
+        np.testing.assert_array_equal(outcomes["heldout_rm"][g], np.zeros(6))
+    # the held-out reward models read the unconditioned prompt (their training form)
+    assert len(scored) == 2
+    for texts, g in zip(scored, GROUPS, strict=True):
+        _, answers, references = endpoint[g].calls[0]
+        assert texts[:6] == [p + a for p, a in zip(prompts.eval_text, answers, strict=True)]
+        assert texts[6:] == [p + r for p, r in zip(prompts.eval_text, references, strict=True)]
+    # the same policy and seed for both groups' prompts, yet different conditions
+    assert endpoint["majority"].calls[0][0] != endpoint["minority"].calls[0][0]
 
-    judges = {"majority": Fixed("majority", 1.0), "minority": Fixed("minority", 0.25)}
-    wins, row = mt.evaluate_arm(proxy, proxy, tok, cfg, ids, ref_eval, judges)
-    assert row["majority_win_rate"] == 1.0 and row["minority_win_rate"] == 0.25
-    assert wins["majority"].tolist() == [1.0] * 4 and wins["minority"].tolist() == [0.25] * 4
-    prompts, answers, references = asked["minority"]
-    assert prompts == [chat(t) for t in TEXTS]  # PAD removed, template kept
-    assert references == ref_eval.continuations and len(answers) == len(TEXTS)
+
+# --------------------------------------------------------------------------- the paper's claims
 
 
-def test_judges_for_each_setting(cfg, monkeypatch):
-    assert mt.judges_for(cfg, {}) is None  # ground truth: no judge
-    scores = {g: (lambda texts, g=g: np.zeros(len(texts))) for g in GROUPS}
-    rm = mt.judges_for(dataclasses.replace(cfg, judge="reward_model"), scores)
-    assert set(rm) == set(GROUPS)
-    assert all(rm[g].score is scores[g] for g in GROUPS)
+def test_judges_for_builds_each_judge_from_what_it_is_given(cfg, monkeypatch):
+    heldout = {g: (lambda texts, g=g: np.zeros(len(texts))) for g in GROUPS}
+    judges = mt.judges_for(cfg, heldout | {"single": lambda texts: np.ones(len(texts))})
+    assert list(judges) == ["ground_truth", "heldout_rm"]  # cfg.judges' order: primary first
+    assert judges["ground_truth"] == {"majority": None, "minority": None}
+    for g in GROUPS:
+        judge = judges["heldout_rm"][g]
+        assert isinstance(judge, RewardModelJudge) and judge.score is heldout[g]
+    with pytest.raises(ValueError, match="judge heldout_rm needs the held-out reward models"):
+        mt.judges_for(cfg, None)
+    only_rule = dataclasses.replace(cfg, judges=["ground_truth"])
+    assert mt.judges_for(only_rule, None) == {"ground_truth": {"majority": None, "minority": None}}
     monkeypatch.setenv("PLURALIGN_JUDGE_URL", "http://localhost:1/v1")
     monkeypatch.setenv("PLURALIGN_JUDGE_KEY", "k")
-    endpoint = mt.judges_for(
-        dataclasses.replace(cfg, judge="endpoint", judge_model="m", minority="P3B"), scores
+    hub = dataclasses.replace(
+        cfg, **HUB, minority="P3B", judges=["endpoint", "heldout_rm"], judge_model="m"
     )
-    assert endpoint["majority"].instruction == DIMENSIONS["P1A"].description
-    assert endpoint["minority"].instruction == DIMENSIONS["P3B"].description
-    assert endpoint["minority"].model == "m"
+    endpoint = mt.judges_for(hub, heldout)
+    assert list(endpoint) == ["endpoint", "heldout_rm"]
+    assert all(isinstance(j, ChatEndpointJudge) for j in endpoint["endpoint"].values())
+    assert endpoint["endpoint"]["majority"].instruction == DIMENSIONS["P1A"].description
+    assert endpoint["endpoint"]["minority"].instruction == DIMENSIONS["P3B"].description
+    assert endpoint["endpoint"]["minority"].model == "m"
+
+
+def _closed_form(base, new) -> dict[str, float]:
+    """The paper's gains from the four means, written out (relative: undefined at 0)."""
+    b = {g: float(np.mean(base[g])) for g in GROUPS}
+    x = {g: float(np.mean(new[g])) for g in GROUPS}
+    b["average"], x["average"] = (b["majority"] + b["minority"]) / 2, sum(x.values()) / 2
+    out = {}
+    for g in ("majority", "minority", "average"):
+        out[f"{g}_points"] = x[g] - b[g]
+        out[f"{g}_relative"] = x[g] / b[g] - 1 if b[g] > 0 else float("nan")
+    return out
+
+
+def _win_outcomes(rng, n: int, p: list[float]) -> np.ndarray:
+    return rng.choice([0.0, 0.5, 1.0], size=n, p=p)
+
+
+def test_relative_gains_points_are_the_closed_form_inside_their_intervals():
+    rng = np.random.default_rng(5)
+    base = {"majority": _win_outcomes(rng, 60, [0.3, 0.2, 0.5]),
+            "minority": _win_outcomes(rng, 60, [0.6, 0.2, 0.2])}  # fmt: skip
+    new = {"majority": _win_outcomes(rng, 60, [0.35, 0.2, 0.45]),
+           "minority": _win_outcomes(rng, 60, [0.3, 0.2, 0.5])}  # fmt: skip
+    gain = mt.relative_gains(base, new, n_boot=400, seed=3)
+    names = [
+        f"{g}_{k}" for g in ("majority", "minority", "average") for k in ("points", "relative")
+    ]
+    assert set(gain) == {f"{n}{end}" for n in names for end in ("", "_lo", "_hi")}
+    for name, value in _closed_form(base, new).items():
+        assert gain[name] == pytest.approx(value, abs=1e-12), name
+        assert gain[f"{name}_lo"] < gain[name] < gain[f"{name}_hi"], name
+    assert gain["minority_relative"] > 0.33  # the planted minority gain is large
+    # seeded: the same seed reproduces it, another one moves only the bounds
+    assert mt.relative_gains(base, new, 400, seed=3) == gain
+    other = mt.relative_gains(base, new, 400, seed=4)
+    assert all(other[n] == gain[n] for n in names)
+    assert any(other[f"{n}_lo"] != gain[f"{n}_lo"] for n in names)
+    narrow = mt.relative_gains(base, new, 400, seed=3, level=0.5)
+    for n in names:
+        assert gain[f"{n}_lo"] <= narrow[f"{n}_lo"] <= narrow[f"{n}_hi"] <= gain[f"{n}_hi"]
+
+
+def test_relative_gains_resample_rows_jointly_like_a_brute_force_bootstrap():
+    """The same rng draws by hand: one resample of (seed, prompt) rows for both arms and
+    both groups, percentiles of each statistic over the resamples."""
+    rng = np.random.default_rng(8)
+    n, n_boot, seed = 30, 200, 11
+    base = {g: _win_outcomes(rng, n, [0.4, 0.2, 0.4]) for g in GROUPS}
+    new = {g: np.clip(base[g] + _win_outcomes(rng, n, [0.7, 0.2, 0.1]), 0, 1) for g in GROUPS}
+    gain = mt.relative_gains(base, new, n_boot, seed)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    per_resample: dict[str, list[float]] = {}
+    for rows in idx:
+        stats = _closed_form({g: v[rows] for g, v in base.items()},
+                             {g: v[rows] for g, v in new.items()})  # fmt: skip
+        for k, v in stats.items():
+            per_resample.setdefault(k, []).append(v)
+    for k, values in per_resample.items():
+        lo, hi = np.nanquantile(values, [0.025, 0.975])
+        assert (gain[f"{k}_lo"], gain[f"{k}_hi"]) == pytest.approx((lo, hi), abs=1e-12), k
+
+
+def test_relative_gains_of_an_arm_against_itself_are_exactly_zero():
+    """Paired: the same rows for both arms make every resampled difference 0; resampling
+    the arms independently would give an interval around 0 of non-zero width."""
+    rng = np.random.default_rng(2)
+    base = {g: _win_outcomes(rng, 50, [0.3, 0.4, 0.3]) for g in GROUPS}
+    gain = mt.relative_gains(base, {g: v.copy() for g, v in base.items()}, 300, 0)
+    for value in gain.values():
+        assert value == pytest.approx(0.0, abs=1e-12)
+
+
+def test_relative_gains_are_undefined_where_the_base_never_wins():
+    rng = np.random.default_rng(3)
+    base = {"majority": _win_outcomes(rng, 20, [0.5, 0.0, 0.5]), "minority": np.zeros(20)}
+    new = {g: _win_outcomes(rng, 20, [0.5, 0.0, 0.5]) for g in GROUPS}
+    gain = mt.relative_gains(base, new, 100, 0)
+    assert np.isnan(gain["minority_relative"])
+    assert np.isnan(gain["minority_relative_lo"]) and np.isnan(gain["minority_relative_hi"])
+    assert gain["minority_points"] == pytest.approx(float(new["minority"].mean()))
+    assert np.isfinite(gain["average_relative"])  # the majority's wins keep the average > 0
+
+
+def _gain(**changes: float) -> dict[str, float]:
+    """Every claim holds: minority +50% (CI above 0), average +20% (CI above 0), majority
+    1 point down (CI's lower end 4 points down)."""
+    base = {
+        "minority_relative": 0.50, "minority_relative_lo": 0.10,
+        "average_relative": 0.20, "average_relative_lo": 0.05,
+        "majority_points": -0.01, "majority_points_lo": -0.04,
+    }  # fmt: skip
+    return base | changes
+
+
+def test_claims_need_the_threshold_and_an_interval_above_zero():
+    assert mt.claims(_gain()) == {
+        "minority_gain_gt_33pct": True,
+        "average_gain_gt_16pct": True,
+        "majority_not_hurt": True,
+    }
+    assert mt.claims(_gain(minority_relative=0.30))["minority_gain_gt_33pct"] is False
+    assert mt.claims(_gain(average_relative=0.15))["average_gain_gt_16pct"] is False
+    # above the threshold, but not significantly above 0
+    assert mt.claims(_gain(average_relative_lo=-0.01))["average_gain_gt_16pct"] is False
+    hurt = mt.claims(_gain(majority_points_lo=-0.06))
+    assert hurt["majority_not_hurt"] is False
+    assert mt.claims(_gain(majority_points_lo=-0.049))["majority_not_hurt"] is True
+    assert mt.NON_INFERIORITY_MARGIN == 0.05
+
+
+@pytest.mark.parametrize("lo", [0.0, -0.2, float("nan")])
+def test_claims_report_majority_not_hurt_only_when_the_minority_gained(lo: float):
+    """Without a minority gain, "majority not hurt" would reward a MaxMin arm that simply
+    kept serving the majority: the claim is left out, not reported as true."""
+    c = mt.claims(_gain(minority_relative_lo=lo))
+    assert "majority_not_hurt" not in c
+    assert c["minority_gain_gt_33pct"] is False and c["average_gain_gt_16pct"] is True
+
+
+@pytest.mark.parametrize(
+    ("changes", "power", "expected"),
+    [
+        ({}, True, "reproduced"),
+        ({}, False, "no power"),  # power first, whatever the gains
+        ({"minority_relative_lo": -0.1}, False, "no power"),
+        ({"average_relative": 0.10}, True, "partly"),
+        ({"average_relative_lo": -0.01}, True, "partly"),
+        ({"majority_points_lo": -0.2}, True, "partly"),  # the majority was hurt
+        ({"minority_relative": 0.2}, True, "partly"),  # a gain, below the paper's 33%
+        ({"minority_relative_lo": 0.0}, True, "not reproduced"),
+        ({"minority_relative_lo": -0.1, "minority_relative": 0.4}, True, "not reproduced"),
+        ({"minority_relative": float("nan"), "minority_relative_lo": float("nan")}, True,
+         "not reproduced"),
+    ],
+)  # fmt: skip
+def test_verdict_follows_the_pre_registered_rule(changes, power: bool, expected: str):
+    assert mt.verdict(_gain(**changes), power) == expected
 
 
 # --------------------------------------------------------------------------- arms
@@ -853,6 +1428,34 @@ def test_arm_spec_round_trips_through_json(tmp_path: Path):
     assert back != dataclasses.replace(spec, seed=1)  # equality looks at the fields
     assert PPOSettings(**back.settings) == PPOSettings(**spec.settings)
     assert GenerationSettings(**back.generation) == GENERATION
+    assert raw["suppress_eos"] is False  # the default: EOS allowed
+    banned = dataclasses.replace(spec, suppress_eos=True)
+    assert ArmSpec.read(banned.write(tmp_path / "banned.json")) == banned != spec
+
+
+@pytest.mark.parametrize("suppress", [True, False])
+def test_train_arm_bans_eos_from_the_policy_it_trains_when_asked(
+    tok, arm: ArmSpec, monkeypatch, tmp_path: Path, suppress: bool
+):
+    seen: dict[str, torch.Tensor] = {}
+
+    def fake_train_policy(policy, tokenizer, *args, **kwargs):
+        ids = torch.tensor([[tokenizer.eos_token_id, 40, 41]])
+        with torch.no_grad():
+            seen["logits"] = policy(input_ids=ids).logits
+            with policy.disable_adapter():  # PPO's reference: the policy without adapter
+                seen["reference"] = policy(input_ids=ids).logits
+        return policy, pd.DataFrame({"update": [1]}), None
+
+    monkeypatch.setattr(mt, "train_policy", fake_train_policy)
+    spec = dataclasses.replace(
+        arm, suppress_eos=suppress, workdir=str(tmp_path / "w"), output_dir=str(tmp_path / "o")
+    )
+    train_arm(spec)
+    eos = tok.eos_token_id
+    for logits in seen.values():
+        assert (logits[..., eos] == BANNED_LOGIT).all() == suppress
+        assert torch.isfinite(logits).all()
 
 
 @pytest.fixture(scope="module")
@@ -1013,13 +1616,9 @@ def test_evaluate_arm_shows_judges_the_prompt_the_policy_saw_when_unk_pads(cfg, 
     body = tok(chat("hello zzz world"))["input_ids"]
     assert tok.unk_token_id in body and ids[0][0] == tok.pad_token_id
     policy = build_llama_proxy(tok, seed=0, **SHAPE)
-    ref_eval = sample_rollouts(policy, tok, ids, 2, 0.7, seed=0)
-    asked: list[list[str]] = []
-
-    class Tie:
-        def compare(self, prompts, answers, references):
-            asked.append(list(prompts))
-            return np.full(len(prompts), 0.5)
-
-    mt.evaluate_arm(policy, policy, tok, cfg, ids, ref_eval, {g: Tie() for g in GROUPS})
-    assert asked[0] == [tok.decode(body)]  # leading padding gone, the inner UNK kept
+    sets = mt.PromptSets([], [], [], ids, {g: ids for g in GROUPS}, ["unused"])
+    sft = {g: sample_rollouts(policy, tok, ids, 2, 0.7, seed=0) for g in GROUPS}
+    endpoint = {g: Recorder(0.5) for g in GROUPS}
+    mt.evaluate_arm(policy, policy, tok, cfg, sets, sft, {"endpoint": endpoint})
+    for g in GROUPS:
+        assert endpoint[g].calls[0][0] == [tok.decode(body)]  # leading padding gone, UNK kept

@@ -62,7 +62,20 @@ def test_fields_one_profile_does_not_use_may_be_left_out() -> None:
     paper = load_stage_config("maxmin_tulu2", maxmin_tulu2.Config, None, "paper")
     assert cpu.proxy is not None and paper.proxy is None
     assert cpu.n_pref_prompts == 600 and paper.n_pref_prompts is None
-    assert cpu.psoups_files is None and paper.psoups_files == {"P1A": "P1A.json", "P1B": "P1B.json"}
+    assert cpu.n_judge_prompts == 600 and paper.n_judge_prompts is None
+    assert cpu.n_judge_comparisons is None and paper.n_judge_comparisons == 500
+    assert cpu.psoups_files is None and paper.psoups_files == {
+        "P1A": "rm_training/P1A.json",
+        "P1B": "rm_training/P1B.json",
+    }
+    assert paper.psoups_columns == {
+        "prompt": "user_input",
+        "chosen": "completion_a",
+        "rejected": "completion_b",
+    }
+    # the rule-based judge exists on synthetic data only; the paper judges by held-out RMs
+    assert cpu.judges == ["ground_truth", "heldout_rm"] and paper.judges == ["heldout_rm"]
+    assert (cpu.users_per_group, cpu.ratio) == (30, 10) and paper.users_per_group == 40
 
 
 def test_nested_errors_name_the_whole_path(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import yaml
 from helpers import ROOT, TINY_PARAMS, run_guarded, run_stage, write_params
@@ -21,6 +22,11 @@ NOTEBOOK_SECTIONS = notebook_sections(ROOT / "dvc.yaml")
 
 def _leaves(metrics: dict) -> list:
     return [leaf for v in metrics.values() for leaf in (_leaves(v) if isinstance(v, dict) else [v])]
+
+
+#: Metrics that are words, not numbers: notebook 05's pre-registered verdicts.
+TEXT_METRICS = {"05_maxmin_ppo_tulu2": {"verdict", "verdict_em"}}
+VERDICTS = {"no power", "reproduced", "partly", "not reproduced"}
 
 
 # --------------------------------------------------------------------------- static checks
@@ -128,7 +134,12 @@ def test_stage_runs_offline_end_to_end(stage: str, pipeline: _Pipeline) -> None:
         assert attempts == [], f"{name} tried to reach the network: {attempts}"
 
     metrics = json.loads((out / "results" / "metrics" / f"{stage}.json").read_text())
-    assert metrics and all(isinstance(v, int | float) for v in _leaves(metrics))
+    words = TEXT_METRICS.get(stage, set())
+    numbers = {k: v for k, v in metrics.items() if k not in words}
+    assert metrics and all(isinstance(v, int | float) for v in _leaves(numbers))
+    assert all(isinstance(metrics[k], str) for k in words)
+    if stage == "05_maxmin_ppo_tulu2":
+        _check_maxmin_tulu2_cpu(metrics)
     manifest = json.loads((out / "results" / "manifests" / f"{stage}.json").read_text())
     assert manifest["stage"] == stage and manifest["config"]["profile"] == "cpu"
     executed = nbformat.read(out / "results" / "notebooks" / f"{stage}.ipynb", as_version=4)
@@ -138,6 +149,42 @@ def test_stage_runs_offline_end_to_end(stage: str, pipeline: _Pipeline) -> None:
     for model_out in (o for o in DVC[stage]["outs"] if isinstance(o, str)):
         assert (out / model_out / "config.json").is_file()
         assert list((out / model_out).glob("*.safetensors"))
+
+
+def _ordered(metrics: dict, key: str, low: float = -np.inf, high: float = np.inf) -> None:
+    lo, point, hi = metrics[f"{key}_lo"], metrics[key], metrics[f"{key}_hi"]
+    assert low <= lo <= point <= hi <= high, (key, lo, point, hi)
+
+
+def _check_maxmin_tulu2_cpu(metrics: dict) -> None:
+    """Notebook 05 on the tiny cpu params: the flat keys its decision rule reports."""
+    _ordered(metrics, "controllability_grade_gap")
+    for k in ("easy", "hard", "none"):
+        assert -5.0 <= metrics[f"grade_sft_{k}"] <= 25.0  # FK_CLIP
+    users = TINY_PARAMS["maxmin_tulu2"]["cpu"]["users_per_group"]
+    ratio = TINY_PARAMS["maxmin_tulu2"]["cpu"]["ratio"]
+    for run, n in (("1to1", 2 * users), ("10to1", users + users // ratio)):
+        assert -1.0 <= metrics[f"em_ari_{run}"] <= 1.0
+        assert 0 <= metrics[f"em_users_moved_{run}"] <= n
+    assert -1.0 <= metrics["em_ari_start_10to1"] <= 1.0
+    # the primary judge (each group's rule) unsuffixed, the held-out RMs suffixed
+    for suffix in ("", "_heldout_rm"):
+        for arm in ("single", "maxmin", "maxmin_em"):
+            for group in ("majority", "minority", "average"):
+                _ordered(metrics, f"win_{arm}_{group}{suffix}", 0.0, 1.0)
+    for suffix in ("", "_em"):
+        for name in ("minority_relative", "average_relative", "majority_points"):
+            _ordered(metrics, f"gain_{name}{suffix}")
+        assert metrics[f"verdict{suffix}"] in VERDICTS
+        if not metrics["power"]:
+            assert metrics[f"verdict{suffix}"] == "no power"
+    assert isinstance(metrics["power"], bool) and isinstance(metrics["premise_bias"], bool)
+    # synthetic data has a planted truth: every reward model's held-out pair accuracy
+    for name in ("single", "group_majority", "group_minority", "judge_majority",
+                 "judge_minority", "em0", "em1"):  # fmt: skip
+        for group in ("majority", "minority"):
+            assert 0.0 <= metrics[f"rm_accuracy_{name}_{group}"] <= 1.0
+    assert metrics["proxy_params"] > 0 and metrics["proxy_perplexity"] > 1.0
 
 
 def test_bad_params_stop_before_the_kernel_and_keep_old_outputs(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ clipped to -5, the easiest.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,10 +102,11 @@ PREFERENCE_PROMPTS: dict[str, str] = {
 
 def strip_preference(user_input: str) -> str:
     """``user_input`` without the first preference instruction it contains (the authors'
-    rule: one instruction per row, removed wherever it stands), whitespace trimmed."""
+    rule: one instruction per row, removed wherever it stands), trimmed; the run of spaces
+    the removal leaves becomes one space, newlines stay."""
     for instruction in PREFERENCE_PROMPTS.values():
         if instruction in user_input:
-            return " ".join(user_input.replace(instruction, "").split())
+            return re.sub(r" {2,}", " ", user_input.replace(instruction, "")).strip()
     return user_input.strip()
 
 

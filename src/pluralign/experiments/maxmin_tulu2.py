@@ -192,6 +192,10 @@ class Config(StageConfig):
     reward_model: RewardModelSettings
     em_iters: int
     em_folds: int
+    em_epochs: float
+    """Epochs of each EM M-step. The slot models are warm-started across iterations, so
+    each comparison is seen ``em_iters x em_epochs`` times by the end, as in the authors'
+    EM (10 iterations x 10 epochs)."""
 
     # ---- PPO
     ppo: PPOSettings
@@ -603,7 +607,7 @@ def fit_reward_models(
             n_iter=cfg.em_iters,
             seed=cfg.seed,
             max_length=settings.max_length,
-            train_args=settings.trainer_args(),
+            train_args=settings.trainer_args() | {"num_train_epochs": cfg.em_epochs},
             progress=progress,
         )
         seconds[f"em_{run}"] = time.perf_counter() - t0
