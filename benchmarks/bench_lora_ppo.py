@@ -18,6 +18,7 @@ shape in ``params.yaml``.
 
     python benchmarks/bench_lora_ppo.py --quick   # 2 repeats x 2 updates
     python benchmarks/bench_lora_ppo.py           # 3 repeats x 4 updates
+    python benchmarks/bench_lora_ppo.py --ban-eos # EOS banned: every answer full length
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from pluralign.training.ppo import PPOSettings, run_ppo
 from pluralign.training.pretrain import PretrainConfig
 from pluralign.training.reward_adapter import TextRewardAdapter
 from pluralign.training.reward_models import score_texts
+from pluralign.training.token_ban import ban_token
 
 
 def backbone_folder(tmp: Path) -> tuple[Path, str]:
@@ -84,6 +86,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--response-length", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--ban-eos", action="store_true", help="ban EOS (notebook 05's fixed-length answers)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats, updates = (2, 2) if args.quick else (3, 4)
@@ -98,6 +103,8 @@ def main() -> None:
         prompts = make_prompts(tok, load_imdb()["text"][:2000], 8)[: 4 * args.batch]
         ds = Dataset.from_dict({"input_ids": prompts})
         base = load_base_policy(backbone, pad)
+        if args.ban_eos:
+            ban_token(base, tok.eos_token_id)
         rows = sample_continuations(base, tok, prompts, args.response_length, 0.7, 0)
         ref_texts = [r["prompt"] + r["continuation"] for r in rows]
 
@@ -126,6 +133,8 @@ def main() -> None:
                     else:
                         policy = lora_policy(backbone, pad, 16)
                         value = lora_classifier(backbone, pad, 8)
+                        if args.ban_eos:
+                            ban_token(policy, tok.eos_token_id)
                     params[mode] = trainable_parameters(policy)
                     norms = {g: Normalizer.fit(f(ref_texts)) for g, f in fns.items()}
                     adapter = TextRewardAdapter(tok, len(prompts[0]), fns, norms, how)
@@ -139,7 +148,8 @@ def main() -> None:
                     sizes[mode] = folder_bytes(work / "chunk-0000")
     print(
         f"backbone: {source}; batch {args.batch} x {args.response_length} new tokens; "
-        f"{repeats} repeats x {updates} updates; {args.threads} threads"
+        f"{repeats} repeats x {updates} updates; {args.threads} threads; "
+        f"EOS {'banned' if args.ban_eos else 'allowed'}"
     )
     print("| policy | reward | s / update (median) | all repeats |")
     print("|---|---|---|---|")
