@@ -262,41 +262,53 @@ def test_psoups_users_cut_each_dimensions_comparisons_into_users():
     assert {d: len(rows) for d, rows in held.items()} == {"P1A": 0, "P1B": 0}  # none asked
     again = psoups_users(files, {"P1A": 3, "P1B": 2}, per_user=2, seed=0, template="<{prompt}>")
     assert again[0] == chosen
-    with pytest.raises(ValueError, match=r"P1B: 3 users x 2 \+ 0 held out need 6 rows, file has 4"):
+    with pytest.raises(ValueError, match=r"P1B: 3 users x 2 need 6 rows, the file has 4 outside"):
         psoups_users(files, {"P1A": 1, "P1B": 3}, 2, seed=0)
 
 
-def test_psoups_users_hold_rows_out_disjoint_from_the_users_rows():
-    files = {"P1A": _rows("a", 9), "P1B": _rows("b", 6)}
-    users = {"P1A": 3, "P1B": 2}
-    chosen, _, user_of, user_group, _, held = psoups_users(
-        files, users, per_user=2, seed=3, template="<{prompt}>", held_out=2
+def _shared_prompt_files(n: int):
+    """P1A and P1B as in the release: the same prompts, each answer pair in both files with
+    opposite labels."""
+    from datasets import Dataset
+
+    prompts = [f"Explain topic {i}." for i in range(n)]
+    easy, hard = [f"Simple {i}." for i in range(n)], [f"Intricate {i}." for i in range(n)]
+    return {
+        "P1A": Dataset.from_dict({"prompt": prompts, "chosen": easy, "rejected": hard}),
+        "P1B": Dataset.from_dict({"prompt": prompts, "chosen": hard, "rejected": easy}),
+    }
+
+
+def test_psoups_users_hold_prompts_out_of_every_file():
+    files = _shared_prompt_files(12)
+    users = {"P1A": 2, "P1B": 2}
+    chosen, rejected, *_, held = psoups_users(
+        files, users, per_user=2, seed=3, template="<{prompt}>", held_out=3
     )
     assert list(held) == ["P1A", "P1B"]
-    for g, (dim, tag) in enumerate((("P1A", "a"), ("P1B", "b"))):
-        used = {c.split(">")[1] for c, u in zip(chosen, user_of, strict=True) if user_group[u] == g}
-        kept_out = set(held[dim]["chosen"])
-        assert len(used) == 2 * users[dim] and len(kept_out) == 2
-        assert not used & kept_out  # no judge row is a training row
-        assert used | kept_out <= set(files[dim]["chosen"])
-        assert held[dim].column_names == ["prompt", "chosen", "rejected"]  # whole rows
-        for row in held[dim]:
-            i = row["chosen"][len(f"c{tag}") :]
-            assert row == {
-                "prompt": f" {tag}{i} ",
-                "chosen": f"c{tag}{i}",
-                "rejected": f"r{tag}{i}",
-            }
-    # holding rows out does not change which rows the users get (same seed)
-    plain = psoups_users(files, users, per_user=2, seed=3, template="<{prompt}>")
-    assert plain[0] == chosen
-    # the file must hold the users' rows and the held-out ones; the message names the file's
-    # dimension and both counts
-    with pytest.raises(
-        ValueError, match=r"^P1B: 2 users x 2 \+ 3 held out need 7 rows, file has 6"
-    ):
-        psoups_users(files, users, per_user=2, seed=3, held_out=3)
-    psoups_users(files, users, per_user=2, seed=3, held_out=2)  # P1B: 4 + 2 = 6 rows: fits
+    assert all(len(held[d]) == 3 for d in held)
+    assert held["P1A"].column_names == ["prompt", "chosen", "rejected"]  # whole rows
+    judge_prompts = {p for d in held for p in held[d]["prompt"]}
+    trained_prompts = {t[1 : t.index(">")] for t in chosen + rejected}
+    assert 4 <= len(trained_prompts) <= 8  # 4 rows per file; the files may share prompts
+    # the point: no judge prompt reaches any user of any file (P1B's row on a P1A judge
+    # prompt carries the opposite label of the same answers)
+    assert not judge_prompts & trained_prompts
+    # the rows of a held-out prompt in each file are held out together
+    assert set(held["P1A"]["prompt"]) == set(held["P1B"]["prompt"])
+    again = psoups_users(files, users, per_user=2, seed=3, template="<{prompt}>", held_out=3)
+    assert again[0] == chosen  # seeded
+    other = psoups_users(files, users, per_user=2, seed=4, template="<{prompt}>", held_out=3)
+    assert set(other[-1]["P1A"]["prompt"]) != set(held["P1A"]["prompt"])
+
+
+def test_psoups_users_name_the_file_that_runs_short():
+    files = _shared_prompt_files(6)
+    with pytest.raises(ValueError, match=r"^P1A: 2 users x 2 need 4 rows, the file has 3 outside"):
+        psoups_users(files, {"P1A": 2, "P1B": 1}, per_user=2, seed=0, held_out=3)
+    psoups_users(files, {"P1A": 1, "P1B": 1}, per_user=3, seed=0, held_out=3)  # 3 + 3: fits
+    with pytest.raises(ValueError, match=r"held_out=7 rows per file: only"):
+        psoups_users(files, {"P1A": 1, "P1B": 1}, per_user=1, seed=0, held_out=7)
 
 
 def test_psoups_users_strip_the_preference_instruction_from_the_prompt():

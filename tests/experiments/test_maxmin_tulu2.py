@@ -515,10 +515,10 @@ def test_psoups_users_are_deterministic_in_the_seed():
 
 
 def test_psoups_users_need_enough_rows():
-    with pytest.raises(ValueError, match=r"P1B: 4 users x 2 \+ 0 held out need 8 rows, file has 7"):
+    with pytest.raises(ValueError, match=r"P1B: 4 users x 2 need 8 rows, the file has 7 outside"):
         psoups_users(FILES, {"P1A": 1, "P1B": 4}, 2, seed=0)
     psoups_users(FILES, {"P1A": 5, "P1B": 7}, 1, seed=0)  # exactly all rows is fine
-    with pytest.raises(ValueError, match=r"P1B: 3 users x 2 \+ 2 held out need 8 rows, file has 7"):
+    with pytest.raises(ValueError, match=r"P1B: 3 users x 2 need 6 rows, the file has 5 outside"):
         psoups_users(FILES, {"P1A": 1, "P1B": 3}, 2, seed=0, held_out=2)
     psoups_users(FILES, {"P1A": 1, "P1B": 3}, 2, seed=0, held_out=1)  # 6 + 1 = 7: all rows
 
@@ -705,9 +705,10 @@ HUB = {"policy": "allenai/tulu-2-7b@abc", "proxy": None}
         ({"proxy": None}, "policy llama_proxy needs the proxy section"),
         (
             {"majority": "P2A", "minority": "P2B"},
-            r"the proxy's control tags cover \['P1A', 'P1B'\]; majority/minority are P2A/P2B",
+            r"the proxy's control tags and the grade-gap check cover \['P1A', 'P1B'\]; "
+            r"majority/minority are P2A/P2B",
         ),
-        ({"minority": "P3B"}, r"control tags cover .*; majority/minority are P1A/P3B"),
+        ({"minority": "P3B"}, r"grade-gap check cover .*; majority/minority are P1A/P3B"),
         ({"n_pref_prompts": None}, "synthetic preference data needs n_pref_prompts and n_judge"),
         ({"n_judge_prompts": None}, "synthetic preference data needs n_pref_prompts and n_judge"),
         ({"preference_data": "data/rlphf"}, r"preference_data 'data/rlphf' needs psoups_files"),

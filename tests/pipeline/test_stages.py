@@ -173,11 +173,18 @@ def _check_maxmin_tulu2_cpu(metrics: dict) -> None:
             for group in ("majority", "minority", "average"):
                 _ordered(metrics, f"win_{arm}_{group}{suffix}", 0.0, 1.0)
     for suffix in ("", "_em"):
-        for name in ("minority_relative", "average_relative", "majority_points"):
-            _ordered(metrics, f"gain_{name}{suffix}")
+        _ordered(metrics, f"gain_majority_points{suffix}")  # a difference of means
+        for name in ("minority_relative", "average_relative"):
+            # a ratio: undefined (left out) when single's win rate is 0, and a percentile
+            # bootstrap of a ratio need not contain its point estimate
+            key = f"gain_{name}{suffix}"
+            if key in metrics:
+                assert metrics[f"{key}_lo"] <= metrics[f"{key}_hi"], key
         assert metrics[f"verdict{suffix}"] in VERDICTS
+        assert 0 <= metrics[f"gain_minority_seeds_positive{suffix}"] <= 2  # tiny: 2 seeds
         if not metrics["power"]:
             assert metrics[f"verdict{suffix}"] == "no power"
+            assert not any(k.startswith("claim_") for k in metrics)  # flags need power
     assert isinstance(metrics["power"], bool) and isinstance(metrics["premise_bias"], bool)
     # synthetic data has a planted truth: every reward model's held-out pair accuracy
     for name in ("single", "group_majority", "group_minority", "judge_majority",

@@ -26,6 +26,7 @@ clipped to -5, the easiest.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,8 +201,14 @@ def psoups_users(
     held_out: int = 0,
 ) -> tuple[list[str], list[str], np.ndarray, np.ndarray, tuple[str, ...], dict[str, Dataset]]:
     """Cut each dimension's P-SOUPS comparisons into ``users[dim]`` users of ``per_user``
-    distinct comparisons each (the release has no user ids; EM needs them), and set
-    ``held_out`` further rows of each file aside (the judges' reward models train on them).
+    distinct comparisons each (the release has no user ids; EM needs them), and set at
+    least ``held_out`` rows of each file aside for the judges' reward models.
+
+    The files share their prompts (P1A and P1B rank answers to the same instructions), so
+    rows are held out **by prompt, across all files**: a held-out prompt's rows leave every
+    file's users, and no judge learns from a comparison that an arm trained on in another
+    file with the opposite label. Held-out prompts are taken in a seeded order until every
+    file has ``held_out`` rows on them.
 
     Returns (chosen, rejected, user id per comparison, group of each user, group names,
     held-out rows per dimension); texts are ``template(prompt) + answer`` with the
@@ -210,18 +217,23 @@ def psoups_users(
     chosen, rejected, user_of, user_group = [], [], [], []
     groups = tuple(users)
     rng = np.random.default_rng(seed)
+    prompts = {dim: [strip_preference(p) for p in files[dim]["prompt"]] for dim in groups}
+    held_prompts = _held_out_prompts(prompts, held_out, rng)
     held: dict[str, Dataset] = {}
     for g, dim in enumerate(groups):
         data = files[dim]
         need = users[dim] * per_user
-        if need + held_out > len(data):
-            raise ValueError(
-                f"{dim}: {users[dim]} users x {per_user} + {held_out} held out need "
-                f"{need + held_out} rows, file has {len(data)}"
-            )
         order = rng.permutation(len(data))
-        held[dim] = data.select(order[need : need + held_out])
-        for j, row in enumerate(order[:need]):
+        is_held = np.array([prompts[dim][i] in held_prompts for i in order], dtype=bool)
+        free = order[~is_held]
+        if need > len(free):
+            raise ValueError(
+                f"{dim}: {users[dim]} users x {per_user} need {need} rows, the file has "
+                f"{len(free)} outside the {len(held_prompts)} held-out prompts "
+                f"({len(data)} rows in all)"
+            )
+        held[dim] = data.select(order[is_held][:held_out]) if held_out else data.select([])
+        for j, row in enumerate(free[:need]):
             rec = data[int(row)]
             c, r = comparison_texts(rec, template)
             chosen.append(c)
@@ -229,6 +241,27 @@ def psoups_users(
             user_of.append(len(user_group) + j // per_user)
         user_group += [g] * users[dim]
     return chosen, rejected, np.asarray(user_of), np.asarray(user_group), groups, held
+
+
+def _held_out_prompts(
+    prompts: Mapping[str, Sequence[str]], held_out: int, rng: np.random.Generator
+) -> set[str]:
+    """The fewest prompts, in a seeded order, on which every file has ``held_out`` rows."""
+    if held_out <= 0:
+        return set()
+    distinct = sorted(set().union(*(set(p) for p in prompts.values())))
+    counts = {dim: Counter(p) for dim, p in prompts.items()}
+    have = dict.fromkeys(prompts, 0)
+    chosen: set[str] = set()
+    for i in rng.permutation(len(distinct)):
+        prompt = distinct[int(i)]
+        chosen.add(prompt)
+        for dim in have:
+            have[dim] += counts[dim][prompt]
+        if min(have.values()) >= held_out:
+            return chosen
+    short = {dim: n for dim, n in have.items() if n < held_out}
+    raise ValueError(f"held_out={held_out} rows per file: only {short} rows exist")
 
 
 def comparison_texts(record: Mapping[str, str], template: str = TULU_TEMPLATE) -> tuple[str, str]:

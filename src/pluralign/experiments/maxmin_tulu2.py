@@ -221,10 +221,14 @@ class Config(StageConfig):
         check_dimensions(self.majority, self.minority)
         if self.policy == PROXY and self.proxy is None:
             raise ValueError("policy llama_proxy needs the proxy section")
-        if self.policy == PROXY and {self.majority, self.minority} != set(TAGS):
+        if (self.policy == PROXY or self.stop_if_uncontrollable) and {
+            self.majority,
+            self.minority,
+        } != set(TAGS):
             raise ValueError(
-                f"the proxy's control tags cover {sorted(TAGS)}; majority/minority are "
-                f"{self.majority}/{self.minority}"
+                f"the proxy's control tags and the grade-gap check cover {sorted(TAGS)}; "
+                f"majority/minority are {self.majority}/{self.minority} (set "
+                "stop_if_uncontrollable: false for other dimensions on a hub model)"
             )
         if self.preference_data == SYNTHETIC and not (self.n_pref_prompts and self.n_judge_prompts):
             raise ValueError("synthetic preference data needs n_pref_prompts and n_judge_prompts")
@@ -377,6 +381,15 @@ def _fitting_chat_prompts(
     return kept
 
 
+def prompt_text(tok, ids: Sequence[int]) -> str:
+    """A prompt as the text a reward model reads before an answer: no left padding and no
+    leading BOS (or EOS-as-BOS), which the tokenizer adds again when it scores the text."""
+    ids = strip_left_padding(ids, tok.pad_token_id)
+    if ids and ids[0] in {tok.bos_token_id, tok.eos_token_id} - {None}:
+        ids = ids[1:]
+    return tok.decode(ids)
+
+
 def prompt_sets(cfg: Config, tok, imdb: str) -> PromptSets:
     """Preference / judge / PPO / evaluation prompts: openings of shuffled IMDB reviews,
     evaluation ones tagged per group (cpu), or Tulu chat prompts from instruction files with
@@ -396,7 +409,7 @@ def prompt_sets(cfg: Config, tok, imdb: str) -> PromptSets:
             cfg.seed,
         )
         by_group = {g: tag_prompts(tok, sets["eval"], TAGS[d]) for g, d in cfg.dimension.items()}
-        text = [tok.decode(p[1:]) for p in sets["eval"]]  # as Rollouts.texts: no BOS
+        text = [prompt_text(tok, p) for p in sets["eval"]]
         return PromptSets(sets["pref"], sets["judge"], sets["ppo"], sets["eval"], by_group, text)
 
     ppo_texts = instruction_texts(
@@ -415,7 +428,7 @@ def prompt_sets(cfg: Config, tok, imdb: str) -> PromptSets:
             f"{len(ppo)} PPO / {len(fitted['none'])} evaluation prompts fit in prompt_tokens="
             f"{cfg.prompt_tokens}; params ask for {cfg.n_ppo_prompts} / {cfg.n_eval_prompts}"
         )
-    text = [tok.decode(strip_left_padding(p, tok.pad_token_id)[1:]) for p in fitted["none"]]
+    text = [prompt_text(tok, p) for p in fitted["none"]]
     by_group = {g: fitted[g] for g in GROUPS}
     return PromptSets([], [], ppo, fitted["none"], by_group, text)
 
@@ -890,6 +903,21 @@ def relative_gains(
         lo, hi = np.nanquantile(boot[key], [tail, 1 - tail])
         out[f"{key}_lo"], out[f"{key}_hi"] = float(lo), float(hi)
     return out
+
+
+def per_seed(
+    outcomes: Mapping[str, Mapping[str, np.ndarray]], seeds: Sequence[int]
+) -> pd.DataFrame:
+    """Win rate per (arm, group, seed) from outcomes whose seeds are consecutive blocks of
+    equal size (the notebook's order): the bootstrap over (seed, prompt) rows treats rows as
+    independent, so the seeds' agreement is worth reading beside it."""
+    rows = []
+    for arm, by_group in outcomes.items():
+        for group, wins in by_group.items():
+            blocks = np.split(np.asarray(wins, dtype=np.float64), len(seeds))
+            for seed, block in zip(seeds, blocks, strict=True):
+                rows.append({"method": arm, "group": group, "seed": seed, "win_rate": block.mean()})
+    return pd.DataFrame(rows)
 
 
 def claims(gain: Mapping[str, float]) -> dict[str, bool]:
