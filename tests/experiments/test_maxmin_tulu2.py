@@ -43,6 +43,7 @@ from pluralign.data.psoups import (
     with_preference,
 )
 from pluralign.data.text import chat_prompt_ids
+from pluralign.experiments import _rlhf as rlhf
 from pluralign.experiments import maxmin_tulu2 as mt
 from pluralign.experiments.maxmin_tulu2 import (
     GROUPS,
@@ -1076,6 +1077,7 @@ def test_fit_reward_models_trains_each_model_on_its_data(cfg, tok, monkeypatch):
         return SimpleNamespace(models=models)
 
     monkeypatch.setattr(mt, "fit_reward_model", fake_fit)
+    monkeypatch.setattr(rlhf, "fit_reward_model", fake_fit)  # the per-group models' trainer
     monkeypatch.setattr(mt, "fit_neural_crossfit_em", fake_em)
     rms = mt.fit_reward_models(cfg, data, lambda: SimpleNamespace(), tok)
     assert list(rms.models) == [
@@ -1099,7 +1101,13 @@ def test_fit_reward_models_trains_each_model_on_its_data(cfg, tok, monkeypatch):
         assert call["max_length"] == cfg.reward_model.max_length
     assert rms.models["em0"] is rms.em["10to1"].models[0]  # MaxMin-EM: the 10:1 mixture
     assert rms.em_data["10to1"].chosen == biased.chosen and rms.em_data["1to1"] is full
-    assert set(rms.seconds) == {*list(rms.models)[:5], "em_10to1", "em_1to1"}
+    assert set(rms.seconds) == {
+        "single", "groups", "judge_majority", "judge_minority", "em_10to1", "em_1to1",
+    }  # fmt: skip
+    # the judges' models are trained only when they judge
+    no_rm_judge = dataclasses.replace(cfg, judges=["ground_truth"])
+    rms = mt.fit_reward_models(no_rm_judge, data, lambda: SimpleNamespace(), tok)
+    assert not any(name.startswith("judge_") for name in rms.models)
 
 
 def test_em_summary_scores_each_run_against_the_planted_groups():

@@ -75,7 +75,7 @@ from pluralign.data.psoups import (
     with_preference,
 )
 from pluralign.data.text import chat_prompt_ids, make_prompts, split_prompts
-from pluralign.experiments._rlhf import PreferencePairs
+from pluralign.experiments._rlhf import PreferencePairs, fit_per_group
 from pluralign.pipeline.assets import load_gpt2_tokenizer, load_imdb
 from pluralign.pipeline.config import StageConfig
 from pluralign.pipeline.io import write_json_atomic
@@ -515,8 +515,8 @@ def preference_data(cfg: Config, tok, ref_policy, prompts: PromptSets) -> Prefer
         pairs = PreferencePairs.sample(
             ref_policy, tok, prompts.pref, cfg.generation, truth_of(cfg), cfg.seed
         )
-        scores_a = pairs_scores(pairs.a.continuations, pairs.train)
-        scores_b = pairs_scores(pairs.b.continuations, pairs.train)
+        scores_a = dimension_scores([pairs.a.continuations[i] for i in pairs.train])
+        scores_b = dimension_scores([pairs.b.continuations[i] for i in pairs.train])
         labels, _ = label_by_dimensions(
             scores_a, scores_b, users, cfg.comparisons_per_user, cfg.label_beta, cfg.seed
         )
@@ -543,11 +543,6 @@ def preference_data(cfg: Config, tok, ref_policy, prompts: PromptSets) -> Prefer
         texts = [comparison_texts(rec) for rec in held[d]]
         judge[g] = ([c for c, _ in texts], [r for _, r in texts])
     return PreferenceData(Comparisons(chosen, rejected, user_of, user_group), judge)
-
-
-def pairs_scores(continuations: Sequence[str], rows: IntArray) -> pd.DataFrame:
-    """:func:`pluralign.data.psoups.dimension_scores` of the labelled pairs' answers."""
-    return dimension_scores([continuations[i] for i in rows])
 
 
 # --------------------------------------------------------------------------- reward models
@@ -600,11 +595,17 @@ def fit_reward_models(
 
     biased = data.full.biased(cfg.ratio)
     fit("single", biased.chosen, biased.rejected)
-    for g, name in enumerate(GROUPS):
-        part = data.full.group(g)
-        fit(f"group_{name}", part.chosen, part.rejected)
-    for name in GROUPS:
-        fit(f"judge_{name}", *data.judge[name])
+    t0 = time.perf_counter()
+    full = data.full
+    per_group = fit_per_group(
+        full.chosen, full.rejected, full.user_group[full.user_of], GROUPS, new_model, tok,
+        settings, cfg.seed,
+    )  # fmt: skip
+    models |= {f"group_{name}": m for name, m in per_group.items()}
+    seconds["groups"] = time.perf_counter() - t0
+    if "heldout_rm" in cfg.judges:  # the judges' own models, only when they judge
+        for name in GROUPS:
+            fit(f"judge_{name}", *data.judge[name])
     em_data = {"10to1": biased, "1to1": data.full}
     ems = {}
     for run, comps in em_data.items():
