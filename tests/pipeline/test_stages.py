@@ -24,8 +24,15 @@ def _leaves(metrics: dict) -> list:
     return [leaf for v in metrics.values() for leaf in (_leaves(v) if isinstance(v, dict) else [v])]
 
 
-#: Metrics that are words, not numbers: notebook 05's pre-registered verdicts.
-TEXT_METRICS = {"05_maxmin_ppo_tulu2": {"verdict", "verdict_em"}}
+#: Metrics that are words, not numbers: notebooks 05's and 06's pre-registered verdicts (and
+#: 06's chosen embedding).
+TEXT_METRICS = {
+    "05_maxmin_ppo_tulu2": {"verdict", "verdict_em"},
+    "06_inverse_alignment": {
+        "embedding", "claim_beats_vanilla", "claim_faster", "claim_subset_competitive",
+        "rules_beating_vanilla", "rules_competitive_subset",
+    },
+}  # fmt: skip
 VERDICTS = {"no power", "reproduced", "partly", "not reproduced"}
 
 

@@ -4,7 +4,9 @@ With ``g_i`` the policy's generation for record i's prompt and unit-norm embeddi
 ``s_c = <E(g_i), E(chosen_i)>`` and ``s_r = <E(g_i), E(rejected_i)>``. Rules (k = budget):
 
 ======  ===========================================================================
-P1      records with s_c > tau and s_r > tau, the top k of them by s_c + s_r
+P1      records with s_c > tau and s_r > tau, the top k of them by s_c + s_r; tau = None
+        takes the largest threshold that at least k records pass (:func:`quantile_threshold`):
+        the paper's 0.8 is a value of its style encoder, not a property of any other one
 P2      top ceil(k/2) by s_c  union  top floor(k/2) by s_r (so at most k records)
 P3      top k by s_r
 P4      top k by s_c
@@ -58,15 +60,27 @@ def top_k(scores: FloatArray, k: int, eligible: NDArray[np.bool_] | None = None)
     return np.sort(np.concatenate([above, at_cut]))
 
 
+def quantile_threshold(s_c: FloatArray, s_r: FloatArray, k: int) -> float:
+    """The largest tau with at least ``k`` records above it on both similarities (every record
+    when there are at most k): the translation of the paper's "both > 0.8" to an embedding
+    whose similarities live on another scale."""
+    both = np.minimum(np.asarray(s_c, dtype=np.float64), np.asarray(s_r, dtype=np.float64))
+    if both.size == 0:
+        raise ValueError("no records to threshold")
+    kth = np.sort(both)[::-1][min(k, both.size) - 1]
+    return float(np.nextafter(kth, -np.inf))
+
+
 def select(
     rule: Rule,
     s_c: FloatArray,
     s_r: FloatArray,
     k: int,
-    threshold: float = 0.8,
+    threshold: float | None = 0.8,
     rng: np.random.Generator | None = None,
 ) -> IntArray:
-    """Indices (sorted) of the records a rule selects with budget ``k``."""
+    """Indices (sorted) of the records a rule selects with budget ``k`` (P1's ``threshold``
+    None: :func:`quantile_threshold`)."""
     if rule not in RULES:
         raise ValueError(f"unknown selection rule {rule!r}; choose one of {RULES}")
     if k < 1:
@@ -74,7 +88,8 @@ def select(
     if s_c.shape != s_r.shape:
         raise ValueError("s_c and s_r must have one entry per record")
     if rule == "P1":
-        return top_k(s_c + s_r, k, (s_c > threshold) & (s_r > threshold))
+        tau = quantile_threshold(s_c, s_r, k) if threshold is None else threshold
+        return top_k(s_c + s_r, k, (s_c > tau) & (s_r > tau))
     if rule == "P2":  # ceil(k/2) + floor(k/2) = k: never over the budget
         by_c = top_k(s_c, math.ceil(k / 2))
         return np.union1d(by_c, top_k(s_r, k // 2)) if k > 1 else by_c

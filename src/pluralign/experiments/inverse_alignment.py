@@ -1,20 +1,22 @@
-"""Notebook 06 (inverse alignment): the cpu offline preference set and its labelling policies.
+"""Notebook 06 (inverse alignment): the offline preference set, the arms, and the decision rule.
 
 The FRFT algorithm is in :mod:`pluralign.core.frft` (selection) and
-:mod:`pluralign.training.frft` (the refit during PPO). This module builds what the paper's
-offline data stands for on the cpu profile: for each IMDB prompt one pair from each source
+:mod:`pluralign.training.frft` (the refit during PPO), its embeddings in
+:mod:`pluralign.training.frft_embeddings` and its reward models in
+:mod:`pluralign.training.frft_rewards`. This module builds what the paper's offline data
+stands for on the cpu profile: for each IMDB prompt one pair from each source
 (reference-policy samples at several temperatures, human review text, damaged copies), each
 labelled by a scoring policy drawn from its source's mix, so that a reward model trained on
-all of it averages their signals ("the averaging effect").
+all of it averages their signals ("the averaging effect"). It also defines the arms (vanilla,
+the oracle filter, FRFT per rule, the random control, two OOD reward models), the paired
+statistics and the pre-registered decision rule of the notebook.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,34 +26,47 @@ import pandas as pd
 from datasets import Dataset
 from numpy.typing import NDArray
 
-from pluralign._typing import TextScore
-from pluralign.core.frft import select, similarities
+from pluralign._typing import FloatArray, TextScore
+from pluralign.core.frft import RULES, similarities
+from pluralign.core.stats import bootstrap_ci, updates_to_target
 from pluralign.data.preferences import PreferenceRecords, load_preference_records
 from pluralign.data.scorers import FK_CLIP, flesch_kincaid_grade, n_words
 from pluralign.data.text import review_prompts, split_prompts
 from pluralign.experiments._rlhf import Evaluation, evaluate_policy
-from pluralign.pipeline.assets import load_imdb
+from pluralign.pipeline.assets import load_imdb, load_sentence_encoder
 from pluralign.pipeline.config import StageConfig
 from pluralign.training.frft import (
     FilteredRefit,
     OnPolicyPairs,
     RefitSettings,
-    embed,
-    embed_records,
-    pair_accuracy,
     run_frft,
+    select_records,
     selection_stats,
+)
+from pluralign.training.frft_embeddings import (
+    Embedding,
+    char_tfidf,
+    hidden_mean,
+    logprob_profile,
+    source_id_accuracy,
+)
+from pluralign.training.frft_rewards import (
+    FittedReward,
+    NeuralRewards,
+    ProbeRewards,
+    RewardRecipe,
 )
 from pluralign.training.generation import GenerationSettings, sample_rollouts
 from pluralign.training.models import load_sequence_classifier, load_tokenizer
 from pluralign.training.ppo import PPOSettings
-from pluralign.training.reward_models import (
-    RewardModelSettings,
-    fit_reward_model,
-    reward_fn,
-    score_texts,
-)
+from pluralign.training.reward_models import RewardModelSettings, score_texts
 from pluralign.training.sentiment import SentimentJudge
+
+REWARD_MODELS = ("probe", "neural")
+SENTENCE = "sentence:"
+"""Embedding candidates named ``sentence:<encoder>`` embed with a sentence encoder
+(``packaged`` MiniLM, or a pinned hub one such as the authors' style encoder)."""
+POLICY_EMBEDDINGS = ("logprob_profile", "hidden_mean", "char_tfidf")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,28 +89,64 @@ class Config(StageConfig):
     n_ppo_prompts: int
     n_eval_prompts: int
     n_ood_prompts: int
-    """Prompts of the out-of-distribution reward model's data (0: no OOD arm)."""
+    """Prompts of the out-of-distribution reward models' data (0: no OOD arms)."""
     source_temperatures: list[float]
     """Reference-policy sampling temperatures, one ``sft_t<T>`` source each."""
     labeler_mix: dict[str, dict[str, float]]
     """Per source, the share of records labelled by each scoring policy."""
     label_noise: float
     truth: str
-    """The scoring policy the user wants (PPO is evaluated by it)."""
+    """The scoring policy the user wants (PPO is evaluated by it; the oracle filter keeps
+    the records it labelled)."""
     rm_backbone: str
     reward_model: RewardModelSettings
+    reward_models: str
+    """``neural`` (a fresh backbone + scalar head per fit, the authors') or ``probe`` (a
+    fresh linear BT head on frozen ``probe_encoder`` features: cpu, see
+    :mod:`pluralign.training.frft_rewards`)."""
+    probe_encoder: str
+    probe_ridge: float
+    embeddings: list[str]
+    """Candidate embeddings; the one with the best held-out source identification is used."""
+    embedding_folds: int
     rules: list[str]
     select_k: int
-    select_threshold: float
-    """P1's cosine threshold (the paper's 0.8 is for its encoder; see the notebook)."""
+    select_threshold: float | None
+    """P1's cosine threshold; None: the largest one at least ``select_k`` records pass."""
     refit_every: int
-    refit_lr: float
-    refit_epochs: float
+    pair_draws: int
+    """On-policy pairs per evaluation prompt at the reference (RM accuracies, subset study)."""
     ppo: PPOSettings
     seeds: list[int]
     convergence_margin: float
-    """Convergence = first update whose ground truth is >= reference + this margin."""
+    """Convergence = first checkpoint whose ground truth is >= reference + this margin."""
+    noninferiority_margin: float
+    """A subset's reward model is "competitive" when its accuracy is at most this much below
+    the whole set's (lower CI bound)."""
     n_boot: int
+
+    def __post_init__(self) -> None:
+        if self.reward_models not in REWARD_MODELS:
+            raise ValueError(f"reward_models must be one of {REWARD_MODELS}")
+        unknown = [e for e in self.embeddings if not embedding_known(e)]
+        if not self.embeddings or unknown:
+            raise ValueError(
+                f"embeddings must name candidates from {POLICY_EMBEDDINGS} or "
+                f"'{SENTENCE}<encoder>'; got {self.embeddings}"
+            )
+        bad = sorted(set(self.rules) - set(RULES))
+        if bad:
+            raise ValueError(f"unknown rules {bad}; choose from {RULES}")
+        if self.refit_every % self.ppo.checkpoint_every:
+            raise ValueError("refit_every must be a multiple of ppo.checkpoint_every")
+        if self.truth not in {lab for mix in self.labeler_mix.values() for lab in mix}:
+            raise ValueError(f"no source is labelled by the ground truth {self.truth!r}")
+        if self.pair_draws < 1 or self.embedding_folds < 2:
+            raise ValueError("pair_draws must be >= 1 and embedding_folds >= 2")
+
+
+def embedding_known(name: str) -> bool:
+    return name in POLICY_EMBEDDINGS or (name.startswith(SENTENCE) and len(name) > len(SENTENCE))
 
 
 # --------------------------------------------------------------------------- offline records
@@ -235,16 +286,28 @@ def labeler_scores(prompts: list[str], responses: list[str], sentiment: TextScor
     )
 
 
+def pooled_mix(mix: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The labeler shares of the whole offline set (every source holds one record per
+    prompt): the mean over sources of each source's normalized mix. The OOD reward model's
+    labels are drawn from it ("the same labeler mix on other text")."""
+    out: dict[str, float] = {}
+    for weights in mix.values():
+        total = float(sum(weights.values()))
+        for name, w in weights.items():
+            out[name] = out.get(name, 0.0) + w / total / len(mix)
+    return out
+
+
 # --------------------------------------------------------------------------- the stage's data
 
 
 @dataclass
 class OfflineSet:
-    """The offline preference records (embedded), the prompts of each role, and the
-    reference texts every reward is z-scored on."""
+    """The offline preference records, the OOD arms' records (by arm name), the prompts of
+    each role, and the reference texts every reward is z-scored on."""
 
     records: PreferenceRecords
-    ood_records: PreferenceRecords | None
+    ood_records: dict[str, PreferenceRecords]
     offline_prompt_ids: list[list[int]]
     ppo_prompt_ids: list[list[int]]
     eval_prompt_ids: list[list[int]]
@@ -256,11 +319,13 @@ def _sample(cfg: Config, tok, policy, prompt_ids, seed: int, temperature: float 
     return sample_rollouts(policy, tok, prompt_ids, cfg.generation.max_new_tokens, t, seed)
 
 
-def build_offline_set(cfg: Config, tok, ref_policy, truth_of: TextScore, encoder) -> OfflineSet:
+def build_offline_set(cfg: Config, tok, ref_policy, truth_of: TextScore) -> OfflineSet:
     """cpu (``offline_data: synthetic``): the averaging-effect set built from IMDB prompts
-    (module docstring) and, with ``n_ood_prompts``, the OOD reward model's human-text set;
-    paper: a hub preference set, prompts kept to their last ``prompt_tokens`` tokens.
-    The records' response embeddings are computed once here."""
+    (module docstring) and, with ``n_ood_prompts``, the OOD reward models' human-text pairs
+    on other prompts, labelled once by the offline set's pooled labeler mix (``ood_mix``)
+    and once by the ground truth alone (``ood_oracle``, an upper bound); paper: a hub
+    preference set, prompts kept to their last ``prompt_tokens`` tokens."""
+    ood_records: dict[str, PreferenceRecords] = {}
     if cfg.offline_data == "synthetic":
         gen = cfg.generation
         parts = split_prompts(
@@ -294,18 +359,16 @@ def build_offline_set(cfg: Config, tok, ref_policy, truth_of: TextScore, encoder
             offline_text, pairs, scores, cfg.labeler_mix, cfg.label_noise, cfg.truth,
             cfg.seed + 32,
         )  # fmt: skip
-        ood_records = None
         if cfg.n_ood_prompts:
+            ood_text = decode_prompts(tok, [ids for ids, _ in parts["ood"]])
             ood_pairs = {"human": human_pairs(tok, [c for _, c in parts["ood"]], cfg.seed + 33)}
-            ood_records = build_records(
-                decode_prompts(tok, [ids for ids, _ in parts["ood"]]),
-                ood_pairs,
-                scores,
-                {"human": {cfg.truth: 1.0}},
-                cfg.label_noise,
-                cfg.truth,
-                cfg.seed + 34,
-            )
+            for name, mix, seed in (
+                ("ood_mix", {"human": pooled_mix(cfg.labeler_mix)}, cfg.seed + 35),
+                ("ood_oracle", {"human": {cfg.truth: 1.0}}, cfg.seed + 34),
+            ):
+                ood_records[name] = build_records(
+                    ood_text, ood_pairs, scores, mix, cfg.label_noise, cfg.truth, seed
+                )
         ppo_prompt_ids = [ids for ids, _ in parts["ppo"]]
         eval_prompt_ids = [ids for ids, _ in parts["eval"]]
     else:
@@ -323,8 +386,6 @@ def build_offline_set(cfg: Config, tok, ref_policy, truth_of: TextScore, encoder
         reference_texts = _sample(
             cfg, tok, ref_policy, offline_prompt_ids[:1024], cfg.seed + 10
         ).texts
-        ood_records = None
-    embed_records(records, encoder)
     return OfflineSet(
         records, ood_records, offline_prompt_ids, ppo_prompt_ids, eval_prompt_ids, reference_texts
     )
@@ -371,61 +432,172 @@ def decode_prompts(tok, prompt_ids: Sequence[Sequence[int]]) -> list[str]:
 
 
 def on_policy_pairs(
-    cfg: Config, tok, prompt_ids, truth_of: TextScore, policy, updates: int
+    cfg: Config, tok, prompt_ids, truth_of: TextScore, policy, updates: int, draws: int = 1
 ) -> OnPolicyPairs:
-    """Two samples per evaluation prompt, the same seeds for every arm at a given update."""
-    a = _sample(cfg, tok, policy, prompt_ids, cfg.seed * 1000 + 2 * updates + 101)
-    b = _sample(cfg, tok, policy, prompt_ids, cfg.seed * 1000 + 2 * updates + 102)
-    return OnPolicyPairs(a.texts, b.texts, truth_of(a.texts), truth_of(b.texts))
+    """``draws`` pairs of samples per evaluation prompt, the same seeds for every arm at a
+    given update (draw d uses seeds ``seed * 1000 + 2 (updates + 100 d) + 101 / 102``)."""
+    texts_a: list[str] = []
+    texts_b: list[str] = []
+    for d in range(draws):
+        base = cfg.seed * 1000 + 2 * (updates + 100 * d)
+        texts_a += _sample(cfg, tok, policy, prompt_ids, base + 101).texts
+        texts_b += _sample(cfg, tok, policy, prompt_ids, base + 102).texts
+    return OnPolicyPairs(texts_a, texts_b, truth_of(texts_a), truth_of(texts_b))
 
 
-def train_on(
-    records: PreferenceRecords, new_reward_model: Callable[[], Any], tok, cfg: Config, seed: int
-):
-    """A reward model trained from scratch on ``records`` (prompt + response texts)."""
+def pair_correct(score: TextScore, pairs: OnPolicyPairs) -> FloatArray:
+    """Per pair: 1 when the reward orders it as the ground truth does, 0 when not, NaN on a
+    ground-truth tie (the per-pair form of :func:`pluralign.training.frft.pair_accuracy`,
+    for paired bootstraps)."""
+    sa, sb = np.asarray(score(pairs.texts_a)), np.asarray(score(pairs.texts_b))
+    ta, tb = np.asarray(pairs.truth_a), np.asarray(pairs.truth_b)
+    out = ((sa > sb) == (ta > tb)).astype(np.float64)
+    out[sa == sb] = 0.5
+    out[ta == tb] = np.nan
+    return out
+
+
+def reward_accuracies(
+    rewards: Mapping[str, FittedReward], pairs: OnPolicyPairs, n_boot: int, seed: int
+) -> pd.DataFrame:
+    """On-policy accuracy of each reward with a bootstrap CI over pairs (ties dropped)."""
+    rows = []
+    for name, reward in rewards.items():
+        c = pair_correct(reward.score, pairs)
+        m, lo, hi = bootstrap_ci(c[np.isfinite(c)], n_boot, seed)
+        rows.append({"reward_model": name, "accuracy": m, "lo": lo, "hi": hi})
+    return pd.DataFrame(rows).set_index("reward_model")
+
+
+# --------------------------------------------------------------------------- reward models
+
+
+def reward_recipe(cfg: Config, new_reward_model: Callable[[], Any], tok, records) -> RewardRecipe:
+    """The stage's reward models: ``probe`` heads on the frozen ``probe_encoder`` (its
+    features z-scored on the offline records' texts) or ``neural`` backbone fine-tunes."""
+    if cfg.reward_models == "neural":
+        return NeuralRewards(new_reward_model, tok, cfg.reward_model)
+    encoder = load_sentence_encoder(cfg.probe_encoder)
+
+    def featurize(texts: list[str]) -> FloatArray:
+        return encoder.encode(
+            texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True,
+            show_progress_bar=False,
+        ).astype(np.float64)  # fmt: skip
+
     chosen, rejected = records.full_texts()
-    return fit_reward_model(new_reward_model(), tok, chosen, rejected, cfg.reward_model, seed)
+    return ProbeRewards(featurize, chosen + rejected, cfg.probe_ridge)
+
+
+# --------------------------------------------------------------------------- the embedding
+
+
+def embedding_candidates(
+    names: Sequence[str], ref_policy, tok, records: PreferenceRecords, seed: int
+) -> dict[str, Embedding]:
+    """The candidate embeddings of prompt + response (unfitted: :func:`choose_embedding`
+    fits each on the records)."""
+    out: dict[str, Embedding] = {}
+    for name in names:
+        if name == "logprob_profile":
+            raw = functools.partial(logprob_profile, ref_policy, tok)
+        elif name == "hidden_mean":
+            raw = functools.partial(hidden_mean, ref_policy, tok)
+        elif name == "char_tfidf":
+            prompts = [records.prompts[i] for i in records.prompt_index]
+            responses = list(records.chosen) + list(records.rejected)
+            texts = [p + r for p, r in zip(prompts * 2, responses, strict=True)]
+            tfidf = char_tfidf(texts, dims=128, seed=seed)
+            raw = _joined(tfidf)
+        elif name.startswith(SENTENCE):
+            encoder = load_sentence_encoder(name[len(SENTENCE) :])
+            raw = _joined(
+                lambda texts, enc=encoder: enc.encode(
+                    list(texts), batch_size=128, convert_to_numpy=True, show_progress_bar=False
+                ).astype(np.float64)
+            )
+        else:
+            raise ValueError(f"unknown embedding {name!r}")
+        out[name] = Embedding(name, raw)
+    return out
+
+
+def _joined(fn: Callable[[Sequence[str]], FloatArray]):
+    return lambda prompts, responses: fn([p + r for p, r in zip(prompts, responses, strict=True)])
+
+
+def choose_embedding(
+    candidates: Mapping[str, Embedding], records: PreferenceRecords, folds: int
+) -> tuple[str, pd.DataFrame]:
+    """The criterion fixed before PPO: held-out accuracy of identifying a record response's
+    source from the candidate's features of prompt + response (chosen and rejected rows,
+    folds grouped by prompt). Returns the best name and the table (ties: first listed)."""
+    prompts = [records.prompts[i] for i in records.prompt_index]
+    responses = list(records.chosen) + list(records.rejected)
+    groups = np.r_[records.prompt_index, records.prompt_index]
+    sources = np.r_[records.source, records.source]
+    rows = []
+    for name, emb in candidates.items():
+        t0 = time.perf_counter()
+        X = emb.raw(prompts + prompts, responses)
+        acc = source_id_accuracy(X, sources, groups, folds)
+        rows.append({"embedding": name, "source_id_accuracy": acc, "dims": X.shape[1],
+                     "seconds": time.perf_counter() - t0})  # fmt: skip
+    table = pd.DataFrame(rows)
+    best = str(table.loc[table["source_id_accuracy"].idxmax(), "embedding"])
+    return best, table
+
+
+# --------------------------------------------------------------------------- subset study
 
 
 def subset_experiment(
     cfg: Config,
-    data: OfflineSet,
-    tok,
-    ref_policy,
-    encoder,
-    new_reward_model: Callable[[], Any],
+    records: PreferenceRecords,
+    recipe: RewardRecipe,
+    gen_emb: NDArray[np.float32],
+    whole: FittedReward,
     pairs: OnPolicyPairs,
-) -> pd.DataFrame:
-    """The paper's second claim: at the reference policy each rule selects ``select_k``
-    records and a reward model trained on them alone is scored by its accuracy on the
-    on-policy ``pairs`` (one row per rule and seed; the subset depends on the seed for the
-    random rule only)."""
-    ref_gen = _sample(cfg, tok, ref_policy, data.offline_prompt_ids, cfg.seed + 40).continuations
-    records = data.records
-    s_c, s_r = similarities(
-        embed(encoder, ref_gen), records.prompt_index, records.chosen_emb, records.rejected_emb
-    )
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's second claim at the reference policy: each rule (and the oracle filter)
+    selects ``select_k`` records given the reference's generations ``gen_emb`` (one per
+    offline prompt, embedded); a fresh reward model is trained on them alone and scored on
+    the on-policy ``pairs``. Returns one row per (rule, seed) with its accuracy and what it
+    selected, and the per-pair correctness (columns ``<rule>/<seed>`` and ``whole``)."""
+    s_c, s_r = similarities(gen_emb, records.prompt_index, records.chosen_emb, records.rejected_emb)
+    correct = {"whole": pair_correct(whole.score, pairs)}
     rows = []
-    for rule in cfg.rules:
+    with_oracle = bool(np.any(records.labeler == cfg.truth))
+    for rule in [*cfg.rules, *(["oracle"] if with_oracle else [])]:
+        settings = RefitSettings(rule, cfg.select_k, cfg.refit_every, cfg.select_threshold)
         for seed in cfg.seeds:
-            picked = select(
-                rule, s_c, s_r, cfg.select_k, cfg.select_threshold, np.random.default_rng(seed)
-            )
-            accuracy = math.nan  # P1 can select nothing (no record above the threshold)
-            if picked.size:
-                model = train_on(records.subset(picked), new_reward_model, tok, cfg, seed)
-                score = reward_fn(model, tok, cfg.reward_model.max_length)
-                accuracy = pair_accuracy(score, pairs)
+            rng = np.random.default_rng([seed, 0])
+            picked = select_records(settings, records, s_c, s_r, rng, cfg.truth)
+            fitted = recipe.fit(records.subset(picked), seed)
+            c = pair_correct(fitted.score, pairs)
+            correct[f"{rule}/{seed}"] = c
+            stats = selection_stats(records, picked, s_c, s_r)
             rows.append(
-                {
-                    "rule": rule,
-                    "seed": seed,
-                    "accuracy": accuracy,
-                    "selected": picked.size,
-                    **selection_stats(records, picked, s_c, s_r),
-                }
-            )
-    return pd.DataFrame(rows)
+                {"rule": rule, "seed": seed, "accuracy": float(np.nanmean(c)),
+                 "selected": picked.size, **stats}
+            )  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(correct)
+
+
+def subset_vs_whole(
+    correct: pd.DataFrame, rules: Sequence[str], seeds: Sequence[int], n_boot: int, seed: int
+) -> pd.DataFrame:
+    """Per rule: accuracy of the subset's reward model minus the whole set's, paired over
+    (seed, pair) rows (ground-truth ties dropped), with a percentile bootstrap CI."""
+    rows = []
+    for rule in rules:
+        diff = np.concatenate(
+            [correct[f"{rule}/{s}"].to_numpy() - correct["whole"].to_numpy() for s in seeds]
+        )
+        diff = diff[np.isfinite(diff)]
+        m, lo, hi = bootstrap_ci(diff, n_boot, seed)
+        rows.append({"rule": rule, "minus_whole": m, "lo": lo, "hi": hi, "pairs": diff.size})
+    return pd.DataFrame(rows).set_index("rule")
 
 
 # --------------------------------------------------------------------------- PPO arms
@@ -433,34 +605,23 @@ def subset_experiment(
 
 @dataclass(frozen=True)
 class Arm:
-    """One PPO arm: the reward model it starts from and the FRFT rule (None: no refit)."""
+    """One PPO arm: the reward model it starts from and the refit rule (None: no refit)."""
 
     name: str
     start: str
-    """``vanilla`` (the whole offline set) or ``ood`` (human text, the right labels)."""
+    """``vanilla`` (the whole offline set), ``ood_mix`` or ``ood_oracle``."""
     rule: str | None = None
 
 
-def arms(cfg: Config, with_ood: bool) -> list[Arm]:
-    """Vanilla RLHF, FRFT with each rule (``random``: the control), and the OOD model."""
+def arms(cfg: Config, ood_names: Sequence[str], with_oracle: bool = True) -> list[Arm]:
+    """Vanilla RLHF; the oracle filter (the positive control: needs each record's labeler);
+    FRFT per rule; the random control (FRFT's refits on a random subset); the OOD reward
+    models."""
     out = [Arm("vanilla", "vanilla")]
-    out += [Arm(f"FRFT_{rule}", "vanilla", rule) for rule in cfg.rules]
-    return out + ([Arm("OOD", "ood")] if with_ood else [])
-
-
-def refit_settings(cfg: Config, rule: str) -> RefitSettings:
-    """FRFT's refit: ``select_k`` records by ``rule`` every ``refit_every`` updates, one
-    short fine-tuning (``refit_lr``, ``refit_epochs``) at the reward models' batch size."""
-    return RefitSettings(
-        rule=rule,
-        k=cfg.select_k,
-        every=cfg.refit_every,
-        threshold=cfg.select_threshold,
-        learning_rate=cfg.refit_lr,
-        epochs=cfg.refit_epochs,
-        batch_size=cfg.reward_model.per_device_train_batch_size,
-        max_length=cfg.reward_model.max_length,
-    )
+    out += [Arm("oracle_filter", "vanilla", "oracle")] if with_oracle else []
+    out += [Arm(f"frft_{r}", "vanilla", r) for r in cfg.rules if r != "random"]
+    out += [Arm("random", "vanilla", "random")] if "random" in cfg.rules else []
+    return out + [Arm(name, name) for name in ood_names]
 
 
 def run_arm(
@@ -468,39 +629,37 @@ def run_arm(
     seed: int,
     cfg: Config,
     data: OfflineSet,
-    start_models: dict[str, Any],
+    start_rewards: Mapping[str, FittedReward],
+    recipe: RewardRecipe,
+    embedding: Embedding,
     new_policy: Callable[[], Any],
     ref_policy,
     tok,
-    encoder,
     truth_of: TextScore,
     evaluation: Evaluation,
     other_rewards: dict[str, TextScore],
     workdir: str | Path,
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One PPO run of ``arm`` (its reward model a fresh copy of its start model), then its
-    answers on the evaluation prompts judged against the reference's
-    (:func:`pluralign.experiments._rlhf.evaluate_policy`)."""
-    reward_model = copy.deepcopy(start_models[arm.start])
+) -> tuple[pd.DataFrame, dict[str, Any], FloatArray]:
+    """One PPO run of ``arm``, then its answers on the evaluation prompts judged against the
+    reference's. Returns (log, summary row, ground truth per evaluation prompt)."""
     refit = None
     if arm.rule is not None:
         refit = FilteredRefit(
-            reward_model,
-            tok,
+            recipe,
             data.records,
             data.offline_prompt_ids,
-            encoder,
-            refit_settings(cfg, arm.rule),
+            embedding,
+            RefitSettings(arm.rule, cfg.select_k, cfg.refit_every, cfg.select_threshold),
             lambda policy, ids, s: _sample(cfg, tok, policy, ids, s).continuations,
             seed,
+            cfg.truth,
         )
     t_run = time.perf_counter()
     policy, log = run_frft(
         new_policy(),
         tok,
         Dataset.from_dict({"input_ids": data.ppo_prompt_ids}),
-        reward_model,
-        cfg.reward_model.max_length,
+        start_rewards[arm.start],
         data.reference_texts,
         cfg.ppo,
         cfg.generation,
@@ -512,6 +671,109 @@ def run_arm(
         progress=True,
     )
     seconds = time.perf_counter() - t_run
-    _, scores = evaluate_policy(policy, ref_policy, tok, cfg.generation, evaluation)
+    roll, scores = evaluate_policy(policy, ref_policy, tok, cfg.generation, evaluation)
+    truth = np.asarray(evaluation.truth(roll)["truth"], dtype=np.float64)
     row = {"run": arm.name, "seed": seed, **scores, "seconds": seconds}
-    return log.assign(run=arm.name, seed=seed), row
+    return log.assign(run=arm.name, seed=seed), row, truth
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def arm_means(final: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """Mean final ground truth per arm with a bootstrap CI over its (seed, prompt) rows
+    (``final``: columns run, seed, prompt, truth)."""
+    rows = []
+    for run, g in final.groupby("run", sort=False):
+        m, lo, hi = bootstrap_ci(g["truth"].to_numpy(), n_boot, seed)
+        rows.append({"run": run, "truth": m, "lo": lo, "hi": hi})
+    return pd.DataFrame(rows).set_index("run")
+
+
+def contrast(
+    final: pd.DataFrame, new: str, base: str, n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean of ``new - base`` final ground truth, paired by (seed, prompt) (every arm is
+    evaluated on the same prompts with the same sampling seed), percentile bootstrap CI."""
+    wide = final.pivot_table(index=["seed", "prompt"], columns="run", values="truth")
+    diff = (wide[new] - wide[base]).to_numpy()
+    return bootstrap_ci(diff, n_boot, seed, level)
+
+
+def speed(curves: pd.DataFrame, target: float, censored: int) -> pd.DataFrame:
+    """Per run and seed, the first checkpoint whose ground truth reaches ``target``
+    (``censored`` when none does), and whether it did."""
+    out = curves.groupby(["run", "seed"], sort=False).apply(
+        lambda g: updates_to_target(g, target), include_groups=False
+    )
+    out = out.rename("updates_to_target").reset_index()
+    out["reached"] = out["updates_to_target"].notna()
+    out["updates_to_target"] = out["updates_to_target"].fillna(censored)
+    return out
+
+
+def claims(
+    final: pd.DataFrame,
+    speeds: pd.DataFrame,
+    subset: pd.DataFrame,
+    rules: Sequence[str],
+    margin: float,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The decision rule written in the notebook before the results.
+
+    * Power (positive control): the oracle filter beats vanilla (95% CI of the paired
+      difference above 0). Without it no claim is judged: "no power".
+    * Claim 1, FRFT beats vanilla: a rule's final ground truth is above vanilla's *and*
+      above the random control's, both with Bonferroni-adjusted CIs over the rules
+      (level 1 - 0.05 / rules) above 0. Reproduced if any rule passes.
+    * Claim 2, faster convergence (secondary, descriptive at checkpoint resolution): a rule
+      that passes claim 1 reaches reference + margin in at least as many seeds as vanilla,
+      with fewer updates on average (a seed that never reaches counts as censored).
+    * Claim 3, a small filtered subset is competitive: a rule's subset reward model is at
+      most ``margin`` below the whole set's on-policy accuracy (95% CI lower bound).
+    """
+    frft = [r for r in rules if r != "random"]
+    level = 1 - 0.05 / max(len(frft), 1)
+    out: dict[str, Any] = {}
+    power: bool | None = None  # None: no positive control (no labeler known: paper data)
+    if "oracle_filter" in set(final["run"]):
+        m, lo, hi = contrast(final, "oracle_filter", "vanilla", n_boot, seed)
+        out["oracle_filter_minus_vanilla"], out["oracle_filter_minus_vanilla_lo"] = m, lo
+        out["oracle_filter_minus_vanilla_hi"] = hi
+        power = bool(lo > 0)
+        out["power"] = int(power)
+    passing = []
+    for rule in frft:
+        arm = f"frft_{rule}"
+        ok = True
+        for base in ("vanilla", "random"):
+            d, dlo, dhi = contrast(final, arm, base, n_boot, seed, level)
+            out[f"{arm}_minus_{base}"] = d
+            out[f"{arm}_minus_{base}_lo"], out[f"{arm}_minus_{base}_hi"] = dlo, dhi
+            ok &= bool(dlo > 0)
+        out[f"{arm}_beats_vanilla_and_random"] = int(ok)
+        if ok:
+            passing.append(arm)
+    mean_speed = speeds.groupby("run")["updates_to_target"].mean()
+    reached = speeds.groupby("run")["reached"].sum()
+    for arm in mean_speed.index:
+        out[f"{arm}_updates_to_target"] = float(mean_speed[arm])
+        out[f"{arm}_reached_target"] = int(reached[arm])
+    faster = [a for a in passing if reached[a] >= reached["vanilla"]
+              and mean_speed[a] < mean_speed["vanilla"]]  # fmt: skip
+    competitive = [r for r in frft if r in subset.index and subset.loc[r, "lo"] > -margin]
+
+    def verdict(holds: bool) -> str:
+        if power is False:
+            return "no power"
+        word = "reproduced" if holds else "not reproduced"
+        return word if power else f"{word} (no positive control)"
+
+    out["claim_beats_vanilla"] = verdict(bool(passing))
+    out["claim_faster"] = verdict(bool(faster))
+    out["claim_subset_competitive"] = "reproduced" if competitive else "not reproduced"
+    out["rules_beating_vanilla"] = ", ".join(passing) or "none"
+    out["rules_competitive_subset"] = ", ".join(competitive) or "none"
+    return out

@@ -2,17 +2,18 @@
 
 An offline preference set mixes generators and labelling policies; a reward model trained on
 all of it averages their signals. FRFT refits the critic for the *current* actor: every
-``every`` PPO updates the policy is frozen and sampled on the offline prompts, and the
-records whose responses look like its generations are selected by one of the paper's rules
-(:mod:`pluralign.core.frft`); the reward model is fine-tuned on them (Bradley-Terry loss,
-1 epoch) and PPO continues with the refit reward.
+``every`` PPO updates the policy is frozen and sampled on the offline prompts, the records
+whose responses look like its generations (prompt + text, in the embedding chosen by
+:mod:`pluralign.training.frft_embeddings`) are selected by one of the paper's rules
+(:mod:`pluralign.core.frft`), a *fresh* reward model is trained on them alone
+(:mod:`pluralign.training.frft_rewards`), and PPO continues with it and a reset critic, as
+the authors' ``train3_rm.py`` / ``train_ppo.py`` do.
 
 The loop reuses the PPO runner (:func:`pluralign.training.ppo.run_ppo`): the refit is its
-``on_checkpoint`` hook, so it happens between two resumable chunks. The refit reward model
-is saved next to the PPO checkpoints after each refit, and a resumed run reloads the one
-that belongs to its last complete chunk. The value model continues across refits (the
-paper re-initializes the critic from the refit reward model; TRL's PPO keeps one value
-model per run, and we keep PPO itself unchanged between arms).
+``on_checkpoint`` hook, so it happens between two resumable chunks. The refit reward is
+saved next to the PPO checkpoints after each refit, and a resumed run reloads the one that
+belongs to its last complete chunk (the critic comes back with the PPO checkpoint, which is
+written after the hook).
 """
 
 from __future__ import annotations
@@ -27,39 +28,41 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from numpy.typing import NDArray
 
 from pluralign._typing import FloatArray, IntArray, TextScore
-from pluralign.core.frft import RULES, Rule, select, similarities
+from pluralign.core.frft import RULES, select, similarities
 from pluralign.core.maxmin import Normalizer
 from pluralign.core.stats import pair_accuracy as group_pair_accuracy
 from pluralign.data.preferences import PreferenceRecords
 from pluralign.pipeline.io import atomic_path
+from pluralign.training.frft_embeddings import Embedding
+from pluralign.training.frft_rewards import FittedReward, RewardRecipe
 from pluralign.training.generation import GenerationSettings
-from pluralign.training.ppo import PPOSettings, completed_updates, run_ppo
+from pluralign.training.ppo import PPOSettings, completed_updates, run_ppo, value_model_from
 from pluralign.training.reward_adapter import TextRewardAdapter
-from pluralign.training.reward_models import reward_fn, tokenize_pairs, train_reward_model
 
 
 @dataclass(frozen=True)
 class RefitSettings:
-    """How FRFT refits: rule, budget, P1's threshold, and the reward fine-tuning."""
+    """How FRFT refits: rule, budget, interval and P1's threshold (None: by quantile)."""
 
-    rule: Rule
+    rule: str
     k: int
     every: int
     """Refit after every ``every`` PPO updates (a multiple of the checkpoint interval)."""
-    threshold: float = 0.8
-    learning_rate: float = 1e-4
-    epochs: float = 1.0
-    batch_size: int = 16
-    max_length: int = 48
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
-        if self.rule not in RULES:
-            raise ValueError(f"unknown selection rule {self.rule!r}; choose one of {RULES}")
+        if self.rule not in REFIT_RULES:
+            raise ValueError(f"unknown selection rule {self.rule!r}; choose one of {REFIT_RULES}")
         if self.k < 1 or self.every < 1:
             raise ValueError("k and every must be >= 1")
+
+
+REFIT_RULES: tuple[str, ...] = (*RULES, "oracle")
+"""The paper's rules, the random control, and the positive control ``oracle``: k records
+made by the labeler the user agrees with (drawn at random among them), whatever the policy
+generates: what a perfect filter could reach."""
 
 
 @dataclass
@@ -82,82 +85,118 @@ def pair_accuracy(score: TextScore, pairs: OnPolicyPairs) -> float:
     ]
 
 
+def embed_records(records: PreferenceRecords, embedding: Embedding) -> None:
+    """Fit ``embedding``'s standardisation on every record response (with its prompt) and
+    cache the chosen and rejected embeddings (the fixed dataset)."""
+    prompts = [records.prompts[i] for i in records.prompt_index]
+    both = embedding.fit(prompts + prompts, list(records.chosen) + list(records.rejected))
+    records.chosen_emb, records.rejected_emb = both[: len(records)], both[len(records) :]
+
+
+def select_records(
+    settings: RefitSettings,
+    records: PreferenceRecords,
+    s_c: FloatArray | None,
+    s_r: FloatArray | None,
+    rng: np.random.Generator,
+    truth_labeler: str | None = None,
+) -> IntArray:
+    """The rows a refit trains on: a similarity rule (:func:`pluralign.core.frft.select`),
+    or ``oracle``: ``k`` rows drawn among those labelled by ``truth_labeler``."""
+    if settings.rule == "oracle":
+        if truth_labeler is None:
+            raise ValueError("the oracle filter needs the labeler the user agrees with")
+        pool = np.flatnonzero(records.labeler == truth_labeler)
+        if pool.size == 0:
+            raise ValueError(f"no record is labelled by {truth_labeler!r}")
+        return np.sort(rng.choice(pool, size=min(settings.k, pool.size), replace=False))
+    if settings.rule == "random":
+        return select("random", np.zeros(len(records)), np.zeros(len(records)), settings.k, rng=rng)
+    if s_c is None or s_r is None:
+        raise ValueError(f"rule {settings.rule!r} needs the similarities")
+    return select(settings.rule, s_c, s_r, settings.k, settings.threshold, rng)  # type: ignore[arg-type]
+
+
 class FilteredRefit:
-    """One FRFT refit: sample the frozen policy on the offline prompts, embed, select,
-    fine-tune ``reward_model`` in place. ``generate(policy, prompt_ids, seed)`` returns the
-    responses (text without prompt), one per prompt."""
+    """One FRFT refit: sample the frozen policy on the offline prompts, embed prompt +
+    generation, select records, and train a *fresh* reward model on them (``recipe``).
+    ``generate(policy, prompt_ids, seed)`` returns the responses (text without prompt), one
+    per prompt. The random and oracle rules do not read the generations (none are drawn)."""
 
     def __init__(
         self,
-        reward_model,
-        tokenizer,
+        recipe: RewardRecipe,
         records: PreferenceRecords,
         prompt_ids: Sequence[Sequence[int]],
-        encoder,
+        embedding: Embedding,
         settings: RefitSettings,
-        generate: Callable[[Any, Sequence[Sequence[int]], int], list[str]],
+        generate: Callable[[Any, Sequence[Sequence[int]], int], list[str]] | None,
         seed: int,
+        truth_labeler: str | None = None,
     ) -> None:
         if records.chosen_emb is None or records.rejected_emb is None:
             raise ValueError("embed the records first (embed_records)")
         if len(prompt_ids) != len(records.prompts):
             raise ValueError("prompt_ids must hold the token ids of every record prompt")
-        self.reward_model = reward_model
-        self.tokenizer = tokenizer
+        if settings.rule == "oracle" and truth_labeler is None:
+            raise ValueError("the oracle filter needs truth_labeler")
+        self.recipe = recipe
         self.records = records
         self.prompt_ids = [list(p) for p in prompt_ids]
-        self.encoder = encoder
+        self.embedding = embedding
         self.settings = settings
         self.generate = generate
         self.seed = seed
+        self.truth_labeler = truth_labeler
 
-    def __call__(self, policy, updates: int) -> dict[str, float]:
-
+    def __call__(self, policy, updates: int) -> tuple[FittedReward | None, dict[str, float]]:
         s = self.settings
         t = {"start": time.perf_counter()}
-        responses = self.generate(policy, self.prompt_ids, self.seed * 7919 + updates)
-        t["sampling"] = time.perf_counter()
-        gen = embed(self.encoder, responses)
-        t["embedding"] = time.perf_counter()
-        s_c, s_r = similarities(
-            gen, self.records.prompt_index, self.records.chosen_emb, self.records.rejected_emb
-        )
-        rng = np.random.default_rng([self.seed, updates])
-        rows = select(s.rule, s_c, s_r, s.k, s.threshold, rng)
-        t["selection"] = time.perf_counter()
-        out: dict[str, float] = {"selected": float(rows.size)}
-        if rows.size:
-            chosen, rejected = self.records.full_texts(rows)
-            pairs = tokenize_pairs(self.tokenizer, chosen, rejected, s.max_length)
-            train_reward_model(
-                self.reward_model,
-                self.tokenizer,
-                pairs,
-                seed=self.seed + updates,
-                learning_rate=s.learning_rate,
-                num_train_epochs=s.epochs,
-                per_device_train_batch_size=s.batch_size,
+        s_c = s_r = None
+        if s.rule in RULES and s.rule != "random":
+            if self.generate is None:
+                raise ValueError(f"rule {s.rule!r} needs generate")
+            responses = self.generate(policy, self.prompt_ids, self.seed * 7919 + updates)
+            t["sampling"] = time.perf_counter()
+            gen = self.embedding(self.records.prompts, responses)
+            t["embedding"] = time.perf_counter()
+            s_c, s_r = similarities(
+                gen, self.records.prompt_index, self.records.chosen_emb, self.records.rejected_emb
             )
-        t["fine_tuning"] = time.perf_counter()
+        else:
+            t["sampling"] = t["embedding"] = time.perf_counter()
+        rng = np.random.default_rng([self.seed, updates])
+        rows = select_records(s, self.records, s_c, s_r, rng, self.truth_labeler)
+        t["selection"] = time.perf_counter()
+        reward = None
+        if rows.size:
+            reward = self.recipe.fit(self.records.subset(rows), self.seed + updates)
+        t["fitting"] = time.perf_counter()
+        out: dict[str, float] = {"selected": float(rows.size)}
         out |= selection_stats(self.records, rows, s_c, s_r)
-        steps = ["start", "sampling", "embedding", "selection", "fine_tuning"]
+        steps = ["start", "sampling", "embedding", "selection", "fitting"]
         for a, b in itertools.pairwise(steps):
             out[f"time_{b}_s"] = t[b] - t[a]
-        return out
+        return reward, out
 
 
 def selection_stats(
-    records: PreferenceRecords, rows: IntArray, s_c: FloatArray, s_r: FloatArray
+    records: PreferenceRecords,
+    rows: IntArray,
+    s_c: FloatArray | None = None,
+    s_r: FloatArray | None = None,
 ) -> dict[str, float]:
-    """What a selection holds: mean similarities, source and labeler shares, label quality."""
-    out: dict[str, float] = {
-        "sim_chosen_all": float(s_c.mean()),
-        "sim_rejected_all": float(s_r.mean()),
-    }
+    """What a selection holds: mean similarities (when measured), source and labeler shares,
+    label quality."""
+    out: dict[str, float] = {}
+    if s_c is not None and s_r is not None:
+        out["sim_chosen_all"] = float(s_c.mean())
+        out["sim_rejected_all"] = float(s_r.mean())
+        if rows.size:
+            out["sim_chosen"] = float(s_c[rows].mean())
+            out["sim_rejected"] = float(s_r[rows].mean())
     if rows.size == 0:
         return out
-    out["sim_chosen"] = float(s_c[rows].mean())
-    out["sim_rejected"] = float(s_r[rows].mean())
     for src in np.unique(records.source):
         out[f"share_source_{src}"] = float((records.source[rows] == src).mean())
     for lab in np.unique(records.labeler):
@@ -175,8 +214,7 @@ def run_frft(
     policy,
     tokenizer,
     prompts,
-    reward_model,
-    reward_max_length: int,
+    reward: FittedReward,
     reference_texts: Sequence[str],
     settings: PPOSettings,
     generation: GenerationSettings,
@@ -187,16 +225,21 @@ def run_frft(
     other_rewards: dict[str, TextScore] | None = None,
     progress: bool = False,
 ) -> tuple[Any, pd.DataFrame]:
-    """PPO on ``reward_model`` (modified in place by ``refit``); ``refit=None`` is vanilla
-    RLHF. At every checkpoint ``evaluate(policy, updates)`` draws on-policy pairs: the log
-    gets their ground truth (``gt``) and the accuracy of the reward in use
+    """PPO on ``reward``; ``refit=None`` is vanilla RLHF. Each refit replaces the reward by a
+    fresh one trained on the selected records, z-scored on ``reference_texts`` again, and
+    resets PPO's critic: to the new reward model's weights when it has a critic's
+    architecture (``critic_state``), else to the critic's start weights. The critic starts
+    from the first reward's ``critic_state`` when it has one (the authors' ``train_ppo.py``),
+    else from the policy with a fresh head (TRL's default).
+
+    At every checkpoint ``evaluate(policy, updates)`` draws on-policy pairs: the log gets
+    their mean ground truth (``gt``) and the accuracy of the reward in use
     (``rm_accuracy``), of the refit one (``rm_accuracy_after``), and of ``other_rewards``
-    (``accuracy_<name>``). The reward is z-scored on ``reference_texts`` again after each
-    refit. Rerunning with the same ``workdir`` resumes."""
+    (``accuracy_<name>``). Rerunning with the same ``workdir`` resumes (the reward in use is
+    reloaded from the snapshot of its refit; the critic from the PPO checkpoint)."""
     workdir = Path(workdir)
+    current = reward
     if refit is not None:
-        if refit.reward_model is not reward_model:
-            raise ValueError("refit must fine-tune the reward model PPO uses")
         if refit.settings.every % settings.checkpoint_every:
             raise ValueError("refit every must be a multiple of checkpoint_every")
         done = completed_updates(workdir, settings)
@@ -204,21 +247,27 @@ def run_frft(
         snaps = [u for u in snaps if _snapshot(workdir, u).is_file()]
         if snaps:  # resume: the reward model the next chunk trained with
             state = torch.load(_snapshot(workdir, snaps[-1]), map_location="cpu", weights_only=True)
-            reward_model.load_state_dict(state)
-    score = reward_fn(reward_model, tokenizer, reward_max_length)
+            current = refit.recipe.load(state)
+    value = value_model_from(policy)
+    if reward.critic_state is not None:
+        value.load_state_dict(reward.critic_state)
+    critic_start = {k: v.detach().clone() for k, v in value.state_dict().items()}
     context = len(prompts[0]["input_ids"])
 
-    def normalizer() -> dict[str, Normalizer]:
-        return {"reward": Normalizer.fit(score(list(reference_texts)))}
+    def normalizer(r: FittedReward) -> dict[str, Normalizer]:
+        return {"reward": Normalizer.fit(r.score(list(reference_texts)))}
 
-    adapter = TextRewardAdapter(tokenizer, context, {"reward": score}, normalizer(), "single")
+    adapter = TextRewardAdapter(
+        tokenizer, context, {"reward": current.score}, normalizer(current), "single"
+    )
 
     def hook(policy, updates: int) -> dict[str, float]:
+        nonlocal current
         out: dict[str, float] = {}
         pairs = evaluate(policy, updates) if evaluate is not None else None
         if pairs is not None:
-            out["gt"] = float(np.mean(pairs.truth_a))
-            out["rm_accuracy"] = pair_accuracy(score, pairs)
+            out["gt"] = float(np.mean(np.r_[pairs.truth_a, pairs.truth_b]))
+            out["rm_accuracy"] = pair_accuracy(current.score, pairs)
             for name, fn in (other_rewards or {}).items():
                 out[f"accuracy_{name}"] = pair_accuracy(fn, pairs)
         if (
@@ -226,33 +275,22 @@ def run_frft(
             and updates % refit.settings.every == 0
             and updates < settings.n_updates
         ):
-            out |= refit(policy, updates)
-            adapter.normalizers = normalizer()
-            with atomic_path(_snapshot(workdir, updates)) as tmp:
-                torch.save(reward_model.state_dict(), tmp)
+            new, info = refit(policy, updates)
+            out |= info
+            if new is not None:
+                current = new
+                adapter.rewards["reward"] = new.score
+                adapter.normalizers = normalizer(new)
+                value.load_state_dict(
+                    critic_start if new.critic_state is None else new.critic_state
+                )
+                with atomic_path(_snapshot(workdir, updates)) as tmp:
+                    torch.save(new.state, tmp)
             if pairs is not None:
-                out["rm_accuracy_after"] = pair_accuracy(score, pairs)
+                out["rm_accuracy_after"] = pair_accuracy(current.score, pairs)
         return out
 
-    policy, log = run_ppo(
-        policy, tokenizer, prompts, adapter, settings, generation, workdir, seed, progress, hook
-    )
-    return policy, log
-
-
-def embed(encoder, texts: Sequence[str], batch_size: int = 128) -> NDArray[np.float32]:
-    """Unit-norm sentence embeddings (n, d) as float32."""
-    emb = encoder.encode(
-        list(texts),
-        batch_size=batch_size,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
-        show_progress_bar=False,
-    )
-    return np.asarray(emb, dtype=np.float32)
-
-
-def embed_records(records: PreferenceRecords, encoder, batch_size: int = 128) -> None:
-    """Cache the embeddings of every chosen and rejected response (the fixed dataset)."""
-    records.chosen_emb = embed(encoder, records.chosen, batch_size)
-    records.rejected_emb = embed(encoder, records.rejected, batch_size)
+    return run_ppo(
+        policy, tokenizer, prompts, adapter, settings, generation, workdir, seed, progress, hook,
+        value_model=value,
+    )  # fmt: skip
