@@ -177,13 +177,16 @@ HEADLINE: tuple[Headline, ...] = (
         ".0%",
     ),
     Headline("06_inverse_alignment", "reference_truth", "ground truth, reference policy", ".2f"),
-    Headline("06_inverse_alignment", "runs.vanilla.truth", "ground truth, vanilla RLHF", ".2f"),
-    Headline("06_inverse_alignment", "runs.FRFT_P3.truth", "ground truth, FRFT-P3", ".2f"),
+    Headline("06_inverse_alignment", "vanilla_truth", "ground truth, vanilla RLHF", ".2f"),
     Headline(
         "06_inverse_alignment",
-        "runs.FRFT_random.truth",
-        "ground truth, FRFT-random (control)",
+        "oracle_filter_truth",
+        "ground truth, oracle filter (positive control)",
         ".2f",
+    ),
+    Headline("06_inverse_alignment", "frft_P1_truth", "ground truth, FRFT-P1", ".2f"),
+    Headline(
+        "06_inverse_alignment", "random_truth", "ground truth, random subset (control)", ".2f"
     ),
 )
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from pluralign.core.frft import RULES, select, similarities, top_k
+from pluralign.core.frft import RULES, quantile_threshold, select, similarities, top_k
 
 
 def binomial_ok(hits: int, n: int, p: float, z: float = 4.0) -> bool:
@@ -129,6 +129,74 @@ def test_select_rejects_bad_arguments() -> None:
         select("random", s, s, 2)
     with pytest.raises(ValueError, match="one entry per record"):
         select("P3", s, np.zeros(5), 2)
+
+
+# --------------------------------------------------------------------------- P1's quantile
+
+
+def passing(s_c, s_r, tau: float) -> int:
+    """Records above tau on both similarities, counted by a loop."""
+    return sum(1 for c, r in zip(s_c, s_r, strict=True) if c > tau and r > tau)
+
+
+def test_quantile_threshold_is_the_largest_tau_that_k_records_pass() -> None:
+    """Brute force over every candidate: min(k, n) records pass tau, and none of the record
+    values at or above tau would let as many pass (tau is the largest such float: the next
+    float up loses at least one record). Many ties (values on a grid of 5)."""
+    rng = np.random.default_rng(10)
+    for _ in range(300):
+        n = int(rng.integers(1, 13))
+        s_c = rng.integers(-2, 3, size=n) / 2.0
+        s_r = rng.integers(-2, 3, size=n) / 2.0 if rng.random() < 0.7 else s_c.copy()
+        for k in range(1, n + 3):
+            tau = quantile_threshold(s_c, s_r, k)
+            need = min(k, n)
+            assert passing(s_c, s_r, tau) >= need, (s_c, s_r, k, tau)
+            assert passing(s_c, s_r, np.nextafter(tau, np.inf)) < need, (s_c, s_r, k, tau)
+            # the candidates: each record's min(s_c, s_r); the largest v that k records reach
+            both = [min(c, r) for c, r in zip(s_c, s_r, strict=True)]
+            best = max(v for v in both if sum(b >= v for b in both) >= need)
+            assert tau < best and np.nextafter(tau, np.inf) == best
+
+
+def test_quantile_threshold_by_hand_with_ties_and_a_large_budget() -> None:
+    """min(s_c, s_r) = [0.2, 0.5, 0.5, 0.9]: k = 1 -> just below 0.9; k = 2 or 3 -> just
+    below 0.5 (the tie lets three records pass); k >= n -> just below the smallest."""
+    s_c = np.array([0.9, 0.5, 0.6, 0.95])
+    s_r = np.array([0.2, 0.7, 0.5, 0.9])
+    assert quantile_threshold(s_c, s_r, 1) == np.nextafter(0.9, -np.inf)
+    for k in (2, 3):
+        assert quantile_threshold(s_c, s_r, k) == np.nextafter(0.5, -np.inf)
+    for k in (4, 5, 100):
+        assert quantile_threshold(s_c, s_r, k) == np.nextafter(0.2, -np.inf)
+    with pytest.raises(ValueError, match="no records"):
+        quantile_threshold(np.zeros(0), np.zeros(0), 3)
+
+
+def test_p1_without_a_threshold_selects_the_top_k_of_the_smaller_similarity() -> None:
+    """threshold None: with distinct min(s_c, s_r) exactly the k records with the largest
+    min; with ties at the cut, the tied ones are eligible and s_c + s_r decides (brute
+    force); never more than k records, and k of them whenever there are k records."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n = int(rng.integers(1, 15))
+        s_c, s_r = rng.normal(size=n), rng.normal(size=n)
+        both = np.minimum(s_c, s_r)
+        for k in range(1, n + 2):
+            got = select("P1", s_c, s_r, k, threshold=None)
+            assert got.tolist() == ref_top_k(both, k), (s_c, s_r, k)
+    for _ in range(300):
+        n = int(rng.integers(1, 12))
+        s_c = rng.integers(0, 4, size=n) / 3.0
+        s_r = rng.integers(0, 4, size=n) / 3.0
+        both = [min(c, r) for c, r in zip(s_c, s_r, strict=True)]
+        for k in range(1, n + 2):
+            cut = max(v for v in both if sum(b >= v for b in both) >= min(k, n))
+            eligible = [b >= cut for b in both]
+            want = ref_top_k([c + r for c, r in zip(s_c, s_r, strict=True)], k, eligible)
+            got = select("P1", s_c, s_r, k, threshold=None)
+            assert got.tolist() == want, (s_c, s_r, k)
+            assert got.size == min(k, n)
 
 
 # --------------------------------------------------------------------------- similarities

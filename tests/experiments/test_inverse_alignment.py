@@ -1,36 +1,61 @@
-"""Notebook 06's offline preference set (pluralign.experiments.inverse_alignment): labelling
-policies, record building, the text sources, and the stage's config.
+"""Notebook 06 (pluralign.experiments.inverse_alignment): the offline preference set
+(labelling policies, record building, the text sources), the stage's config and arms, the
+reward models' accuracies, the embedding choice, the subset study, and the paired
+statistics and decision rule.
 
 Every check is against something computed independently here: per-record loops, hand
-values and binomial tolerances. The FRFT selection rules are tested in
-tests/core/test_frft.py, the refit and its PPO run in tests/training/test_frft.py, the
-preference loader in tests/data/test_preferences.py.
+values, binomial tolerances, planted sources and synthetic outcomes with known answers.
+The FRFT selection rules are tested in tests/core/test_frft.py, the refit and its PPO run
+in tests/training/test_frft.py, the embeddings and reward models in
+tests/training/test_frft_embeddings.py and test_frft_rewards.py, the preference loader in
+tests/data/test_preferences.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TINY_PARAMS, tiny_gpt2
 
+import pluralign.experiments.inverse_alignment as exp
+from pluralign.core.frft import top_k
+from pluralign.data.preferences import PreferenceRecords
 from pluralign.data.text import review_prompts
 from pluralign.experiments.inverse_alignment import (
     Config,
+    arm_means,
     arms,
     assign_labelers,
     build_records,
+    choose_embedding,
+    claims,
+    contrast,
     decode_prompts,
+    embedding_candidates,
     human_pairs,
     label_pairs_by,
     labeler_scores,
+    on_policy_pairs,
+    pair_correct,
     perturb_text,
-    refit_settings,
+    pooled_mix,
+    reward_accuracies,
+    reward_recipe,
+    speed,
+    subset_experiment,
+    subset_vs_whole,
 )
 from pluralign.pipeline.assets import load_gpt2_tokenizer
 from pluralign.pipeline.config import load_stage_config
+from pluralign.training.frft import OnPolicyPairs, RefitSettings, pair_accuracy
+from pluralign.training.frft_embeddings import Embedding, logprob_profile
+from pluralign.training.frft_rewards import FittedReward, NeuralRewards
 from pluralign.training.generation import GenerationSettings
 from pluralign.training.ppo import PPOSettings
 from pluralign.training.reward_models import RewardModelSettings
@@ -344,10 +369,14 @@ def test_decode_prompts_drops_the_leading_eos() -> None:
 # --------------------------------------------------------------------------- the stage's config
 
 
-def test_config_reads_the_nested_sections_and_feeds_arms_and_refits(tiny_params: Path) -> None:
+@pytest.fixture
+def cfg(tiny_params: Path) -> Config:
+    return load_stage_config("inverse_alignment", Config, tiny_params)
+
+
+def test_config_reads_the_nested_sections(cfg: Config) -> None:
     """The tiny params load into the nested generation / reward_model / ppo settings (shared
-    keys merged with the cpu profile's); the arms and each rule's refit settings follow."""
-    cfg = load_stage_config("inverse_alignment", Config, tiny_params)
+    keys merged with the cpu profile's), and the redesign's keys."""
     assert cfg.profile == "cpu" and cfg.offline_data == "synthetic"
     assert cfg.generation == GenerationSettings(max_new_tokens=6, temperature=0.7)
     assert cfg.reward_model == RewardModelSettings(
@@ -356,16 +385,508 @@ def test_config_reads_the_nested_sections_and_feeds_arms_and_refits(tiny_params:
     assert isinstance(cfg.ppo, PPOSettings)
     assert (cfg.ppo.n_updates, cfg.ppo.batch_size, cfg.ppo.checkpoint_every) == (2, 4, 1)
     assert (cfg.ppo.num_mini_batches, cfg.ppo.kl_coef) == (2, 0.05)  # shared keys
-    names = [a.name for a in arms(cfg, with_ood=True)]
-    assert names == ["vanilla", *(f"FRFT_{r}" for r in cfg.rules), "OOD"]
-    assert [a.name for a in arms(cfg, with_ood=False)] == names[:-1]
-    assert {a.start for a in arms(cfg, with_ood=True)} == {"vanilla", "ood"}
-    assert [a.rule for a in arms(cfg, with_ood=False)] == [None, *cfg.rules]
-    for rule in cfg.rules:
-        r = refit_settings(cfg, rule)
-        assert (r.rule, r.k, r.every, r.threshold) == (
-            rule, cfg.select_k, cfg.refit_every, cfg.select_threshold
-        )  # fmt: skip
-        assert (r.learning_rate, r.epochs) == (cfg.refit_lr, cfg.refit_epochs)
-        assert (r.batch_size, r.max_length) == (8, 16)  # the reward models' recipe
-        assert r.every % cfg.ppo.checkpoint_every == 0  # what run_frft requires
+    assert cfg.reward_models == "probe" and cfg.probe_encoder == "packaged"
+    assert cfg.probe_ridge == 50.0 and cfg.select_threshold is None
+    assert cfg.embeddings == ["logprob_profile", "char_tfidf"] and cfg.embedding_folds == 2
+    assert (cfg.select_k, cfg.refit_every, cfg.pair_draws) == (6, 1, 1)
+    assert cfg.noninferiority_margin == 0.03 and cfg.truth == "sentiment"
+    assert cfg.refit_every % cfg.ppo.checkpoint_every == 0  # what run_frft requires
+
+
+def test_config_refuses_bad_settings(cfg: Config) -> None:
+    """Unknown reward models, embeddings (a bare 'sentence:' too) or rules; a refit interval
+    off the checkpoints; a ground truth no source is labelled by; pair_draws < 1 and
+    embedding_folds < 2. A hub sentence encoder and a fixed threshold are fine."""
+    replace = dataclasses.replace
+    ok = replace(cfg, embeddings=["sentence:some/encoder@abc", "hidden_mean"])
+    assert replace(ok, select_threshold=0.8).select_threshold == 0.8
+    cases = [
+        ({"reward_models": "lora"}, "reward_models must be one of"),
+        ({"embeddings": ["bag_of_words"]}, "embeddings must name candidates"),
+        ({"embeddings": ["sentence:"]}, "embeddings must name candidates"),
+        ({"embeddings": []}, "embeddings must name candidates"),
+        ({"rules": ["P1", "P5"]}, r"unknown rules \['P5'\]"),
+        ({"rules": ["oracle"]}, "unknown rules"),  # the oracle is an arm, not a rule
+        (
+            {"refit_every": 3, "ppo": dataclasses.replace(cfg.ppo, checkpoint_every=2)},
+            "multiple of ppo.checkpoint_every",
+        ),
+        ({"truth": "stars"}, "no source is labelled by the ground truth 'stars'"),
+        ({"pair_draws": 0}, "pair_draws must be >= 1"),
+        ({"embedding_folds": 1}, "embedding_folds >= 2"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            replace(cfg, **change)
+
+
+def test_arms_are_vanilla_the_oracle_the_rules_the_random_control_and_ood(cfg: Config) -> None:
+    """vanilla, the oracle filter (only when records carry the truth's labeler), FRFT per
+    rule, the random control last among the refits, then the OOD arms, each starting from
+    its own reward; every refit rule is one RefitSettings accepts."""
+    got = arms(cfg, ["ood_mix", "ood_oracle"])
+    assert cfg.rules == ["P1", "P2", "P3", "P4", "random"]
+    assert [a.name for a in got] == [
+        "vanilla", "oracle_filter", "frft_P1", "frft_P2", "frft_P3", "frft_P4", "random",
+        "ood_mix", "ood_oracle",
+    ]  # fmt: skip
+    assert [a.start for a in got] == ["vanilla"] * 7 + ["ood_mix", "ood_oracle"]
+    assert [a.rule for a in got] == [None, "oracle", "P1", "P2", "P3", "P4", "random", None, None]
+    for a in got:
+        if a.rule is not None:
+            RefitSettings(a.rule, cfg.select_k, cfg.refit_every, cfg.select_threshold)
+    plain = arms(cfg, [], with_oracle=False)
+    assert [a.name for a in plain] == ["vanilla", "frft_P1", "frft_P2", "frft_P3", "frft_P4",
+                                       "random"]  # fmt: skip
+    one = arms(dataclasses.replace(cfg, rules=["random", "P3"]), ["ood_mix"])
+    assert [a.name for a in one] == ["vanilla", "oracle_filter", "frft_P3", "random", "ood_mix"]
+
+
+def test_reward_recipe_neural_is_the_backbone_recipe(cfg: Config) -> None:
+    """reward_models neural: fresh backbone reward models with the stage's settings."""
+    neural = dataclasses.replace(cfg, reward_models="neural")
+    recipe = reward_recipe(neural, lambda: None, "tok", None)
+    assert isinstance(recipe, NeuralRewards)
+    assert recipe.settings == cfg.reward_model and recipe.tokenizer == "tok"
+
+
+# --------------------------------------------------------------------------- pooled mix, pairs
+
+
+def test_pooled_mix_by_hand() -> None:
+    """The repo's mix: each source holds a quarter of the records, so a labeler's share is
+    the mean of its normalized share per source; unnormalized mixes are normalized."""
+    mix = TINY_PARAMS["inverse_alignment"]["labeler_mix"]
+    got = pooled_mix(mix)
+    assert got == pytest.approx(
+        {
+            "sentiment": (0.7 + 0 + 0.4 + 0) / 4,
+            "length": (0.3 + 0.5 + 0 + 0.5) / 4,
+            "readability": (0 + 0.5 + 0.6 + 0.5) / 4,
+        }
+    )
+    assert sum(got.values()) == pytest.approx(1.0)
+    assert pooled_mix({"a": {"x": 2.0, "y": 2.0}, "b": {"x": 5.0}}) == pytest.approx(
+        {"x": (0.5 + 1.0) / 2, "y": 0.25}
+    )
+
+
+def table_score(table: dict[str, float]):
+    return lambda texts: np.array([table[t] for t in texts], dtype=np.float64)
+
+
+def test_pair_correct_by_hand_with_ties() -> None:
+    """1 when the reward orders the pair as the truth does, 0 when not (a reward tie
+    included, as pair_accuracy counts it), NaN on a truth tie (whatever the reward says);
+    its non-NaN mean is pair_accuracy's."""
+    score = table_score(
+        {"a0": 2.0, "b0": 1.0, "a1": 0.0, "b1": 3.0, "a2": 0.0, "b2": 1.0, "a3": 5.0,
+         "b3": 1.0, "a4": 4.0, "b4": 4.0, "a5": 1.0, "b5": 1.0}
+    )  # fmt: skip
+    pairs = OnPolicyPairs(
+        [f"a{i}" for i in range(6)],
+        [f"b{i}" for i in range(6)],
+        np.array([1.0, 1.0, 0.0, 0.3, 0.9, 0.2]),
+        np.array([0.0, 0.0, 1.0, 0.3, 0.1, 0.2]),
+    )
+    got = pair_correct(score, pairs)
+    np.testing.assert_array_equal(got, [1.0, 0.0, 1.0, np.nan, 0.0, np.nan])
+    assert np.nanmean(got) == pytest.approx(pair_accuracy(score, pairs))
+
+
+def test_reward_accuracies_per_reward_with_a_ci() -> None:
+    """The mean of the non-tied pairs' correctness per reward, a CI around it."""
+    rng = np.random.default_rng(0)
+    n = 200
+    texts_a, texts_b = [f"a{i}" for i in range(n)], [f"b{i}" for i in range(n)]
+    truth_a, truth_b = rng.normal(size=n), rng.normal(size=n)
+    truth_b[:10] = truth_a[:10]  # ties: dropped
+    pairs = OnPolicyPairs(texts_a, texts_b, truth_a, truth_b)
+    table = dict(zip(texts_a + texts_b, np.r_[truth_a, truth_b], strict=True))
+    flip = dict(zip(texts_a + texts_b, np.r_[truth_a, truth_b] * np.r_[np.ones(n),
+                    np.where(np.arange(n) % 4 == 0, -1.0, 1.0)], strict=True))  # fmt: skip
+    rewards = {
+        "truth": FittedReward(table_score(table), {}),
+        "flipped": FittedReward(table_score(flip), {}),
+    }
+    out = reward_accuracies(rewards, pairs, n_boot=200, seed=0)
+    assert list(out.index) == ["truth", "flipped"]
+    assert out.loc["truth", "accuracy"] == 1.0
+    by_hand = np.mean(
+        [(flip[f"a{i}"] > flip[f"b{i}"]) == (truth_a[i] > truth_b[i]) for i in range(10, n)]
+    )
+    assert out.loc["flipped", "accuracy"] == pytest.approx(by_hand)
+    assert out.loc["flipped", "lo"] <= by_hand <= out.loc["flipped", "hi"]
+    assert out.loc["flipped", "hi"] < 1.0
+
+
+def test_on_policy_pairs_draw_fixed_seeds_per_update_and_draw(cfg: Config, monkeypatch) -> None:
+    """draw d at update u samples a with seed*1000 + 2(u + 100 d) + 101 and b with + 102
+    (the same for every arm), at the stage's generation settings; texts concatenate over
+    draws and the truth is the truth of each text."""
+    calls = []
+
+    class Roll:
+        def __init__(self, seed: int, n: int) -> None:
+            self.texts = [f"s{seed}/{i}" for i in range(n)]
+
+    def fake(policy, tok, prompt_ids, max_new_tokens, temperature, seed):
+        calls.append((policy, max_new_tokens, temperature, seed))
+        return Roll(seed, len(prompt_ids))
+
+    monkeypatch.setattr(exp, "sample_rollouts", fake)
+    cfg = dataclasses.replace(cfg, seed=2)
+
+    def truth_of(texts):
+        return np.array([float(len(t)) for t in texts])
+
+    got = on_policy_pairs(cfg, None, [[1], [2], [3]], truth_of, "pi", 3, draws=2)
+    seeds = [2000 + 2 * 3 + 101, 2000 + 2 * 3 + 102, 2000 + 2 * 103 + 101, 2000 + 2 * 103 + 102]
+    assert calls == [("pi", 6, 0.7, s) for s in seeds]
+    assert got.texts_a == Roll(seeds[0], 3).texts + Roll(seeds[2], 3).texts
+    assert got.texts_b == Roll(seeds[1], 3).texts + Roll(seeds[3], 3).texts
+    np.testing.assert_array_equal(got.truth_a, truth_of(got.texts_a))
+    np.testing.assert_array_equal(got.truth_b, truth_of(got.texts_b))
+
+
+# --------------------------------------------------------------------------- embedding choice
+
+
+def source_records(n_prompts: int = 24) -> PreferenceRecords:
+    """n_prompts x 3 sources; each response starts with its source's word."""
+    rng = np.random.default_rng(0)
+    sources = ["alpha", "beta", "gamma"]
+    words = ["film", "plot", "actor", "scene", "music", "story", "ending", "camera"]
+    rows = [(p, s) for s in sources for p in range(n_prompts)]
+
+    def text(s: str) -> str:
+        return " " + " ".join([s, *rng.choice(words, 4)])
+
+    return PreferenceRecords(
+        prompts=[f"Prompt {p}:" for p in range(n_prompts)],
+        prompt_index=np.array([p for p, _ in rows]),
+        chosen=[text(s) for _, s in rows],
+        rejected=[text(s) for _, s in rows],
+        source=np.array([s for _, s in rows]),
+        labeler=np.array(["sentiment" if s == "alpha" else "length" for _, s in rows]),
+    )
+
+
+def by_source(prompts, responses) -> np.ndarray:
+    """Features that name the source (the response's first word) plus noise."""
+    rng = np.random.default_rng(len(responses))
+    names = {"alpha": 0, "beta": 1, "gamma": 2}
+    X = rng.normal(size=(len(responses), 4))
+    for i, r in enumerate(responses):
+        X[i, names[r.split()[0]]] += 5.0
+    return X
+
+
+def by_hash(prompts, responses) -> np.ndarray:
+    """Features unrelated to the source: a seeded draw per text."""
+    return np.array(
+        [np.random.default_rng(zlib.crc32((p + r).encode())).normal(size=4)
+         for p, r in zip(prompts, responses, strict=True)]
+    )  # fmt: skip
+
+
+def test_choose_embedding_picks_the_candidate_that_identifies_sources() -> None:
+    """The candidate whose features carry the source wins on held-out source accuracy (near
+    1, the noise one near chance 1/3); the table has one row per candidate; ties go to the
+    first listed."""
+    rec = source_records()
+    cands = {"noise": Embedding("noise", by_hash), "source": Embedding("source", by_source)}
+    best, table = choose_embedding(cands, rec, folds=3)
+    assert best == "source"
+    assert table["embedding"].tolist() == ["noise", "source"]
+    acc = table.set_index("embedding")["source_id_accuracy"]
+    assert acc["source"] >= 0.95 and acc["noise"] < 0.6
+    assert table["dims"].tolist() == [4, 4] and (table["seconds"] >= 0).all()
+    twins = {"b": Embedding("b", by_source), "a": Embedding("a", by_source)}
+    assert choose_embedding(twins, rec, folds=3)[0] == "b"
+
+
+def test_embedding_candidates_wrap_the_policy_features(tok) -> None:
+    """Each named candidate is an unfitted Embedding of prompt + response: logprob_profile's
+    raw features are the policy's profile; char_tfidf is fitted on the records' texts;
+    unknown names are refused."""
+    rec = source_records(8)
+    policy = tiny_gpt2(tok, seed=0)
+    names = ["logprob_profile", "hidden_mean", "char_tfidf"]
+    got = embedding_candidates(names, policy, tok, rec, seed=0)
+    assert list(got) == names and all(e.mean.size == 0 for e in got.values())
+    p = [rec.prompts[i] for i in rec.prompt_index[:3]]
+    r = list(rec.chosen[:3])
+    np.testing.assert_array_equal(
+        got["logprob_profile"].raw(p, r), logprob_profile(policy, tok, p, r)
+    )
+    assert got["hidden_mean"].raw(p, r).shape == (3, policy.config.n_embd)
+    tfidf = got["char_tfidf"].raw(p, r)
+    assert tfidf.shape[0] == 3 and 1 <= tfidf.shape[1] <= 128
+    with pytest.raises(ValueError, match="unknown embedding"):
+        embedding_candidates(["bag"], policy, tok, rec, seed=0)
+
+
+# --------------------------------------------------------------------------- subset study
+
+
+class CountRecipe:
+    """Rewards linear in (characters, spaces, 'a's): the weights depend on the records'
+    number of distinct sources and on the seed; records every fit."""
+
+    def __init__(self) -> None:
+        self.fits: list[tuple[PreferenceRecords, int]] = []
+
+    def fit(self, records: PreferenceRecords, seed: int) -> FittedReward:
+        self.fits.append((records, seed))
+        w = np.array([1.0, -float(len(set(records.source))), 0.5 * seed])
+        return FittedReward(lambda texts: count_features(texts) @ w, {})
+
+    def load(self, state):  # pragma: no cover - not used by the subset study
+        raise NotImplementedError
+
+
+def count_features(texts) -> np.ndarray:
+    return np.array([[len(t), t.count(" "), t.count("a")] for t in texts], dtype=np.float64)
+
+
+def unit_rows(rng, n: int, d: int = 6) -> np.ndarray:
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("with_truth", [True, False])
+def test_subset_experiment_trains_each_rules_subset_and_scores_it(
+    cfg: Config, with_truth: bool
+) -> None:
+    """Per rule and seed: the rule's k records given the reference's generations (P4 = top k
+    by s_c, the cosine computed by a loop), a fresh fit on them alone, its per-pair
+    correctness next to the whole set's; the oracle filter only when some record is
+    labelled by the ground truth, and then only its records."""
+    rec = source_records(8)
+    if not with_truth:
+        rec.labeler = np.full(len(rec), "length")
+    rng = np.random.default_rng(0)
+    rec.chosen_emb, rec.rejected_emb = unit_rows(rng, len(rec)), unit_rows(rng, len(rec))
+    gen_emb = unit_rows(rng, len(rec.prompts))
+    texts = [f"pair {'a' * i} {'b' * (i % 3)}" for i in range(12)]
+    pairs = OnPolicyPairs(texts[:6], texts[6:], rng.normal(size=6), rng.normal(size=6))
+    recipe = CountRecipe()
+    whole = recipe.fit(rec, 0)
+    cfg = dataclasses.replace(cfg, rules=["P4", "random"], seeds=[0, 1], select_k=5)
+    table, correct = subset_experiment(cfg, rec, recipe, gen_emb, whole, pairs)
+    rules = ["P4", "random", *(["oracle"] if with_truth else [])]
+    assert list(zip(table["rule"], table["seed"], strict=True)) == [
+        (r, s) for r in rules for s in (0, 1)
+    ]
+    assert (table["selected"] == 5).all()
+    s_c = np.array([float(gen_emb[p] @ rec.chosen_emb[i]) for i, p in enumerate(rec.prompt_index)])
+    fits = recipe.fits[1:]
+    assert len(fits) == len(table)
+    for (records, seed), (_, row) in zip(fits, table.iterrows(), strict=True):
+        assert seed == row["seed"]
+        if row["rule"] == "P4":
+            assert records.full_texts() == rec.full_texts(top_k(s_c, 5))
+        if row["rule"] == "oracle":
+            assert set(records.labeler) == {"sentiment"}
+            assert row["share_labeler_sentiment"] == 1.0
+        fitted = recipe.fit(records, seed)
+        want = pair_correct(fitted.score, pairs)
+        np.testing.assert_array_equal(correct[f"{row['rule']}/{seed}"], want)
+        assert row["accuracy"] == pytest.approx(np.nanmean(want))
+    np.testing.assert_array_equal(correct["whole"], pair_correct(whole.score, pairs))
+    assert list(correct.columns) == ["whole", *(f"{r}/{s}" for r in rules for s in (0, 1))]
+
+
+def test_subset_vs_whole_pairs_by_seed_and_pair_and_drops_truth_ties() -> None:
+    """Per rule: the mean over (seed, pair) of subset minus whole correctness, truth ties
+    (NaN) dropped, with a CI around it and the number of pairs used."""
+    nan = np.nan
+    correct = pd.DataFrame(
+        {
+            "whole": [1.0, 0.0, nan, 1.0, 0.5],
+            "P1/0": [1.0, 1.0, nan, 0.0, 1.0],
+            "P1/1": [0.0, 1.0, nan, 1.0, 1.0],
+            "P2/0": [1.0, 0.0, nan, 1.0, 0.5],
+            "P2/1": [1.0, 0.0, nan, 1.0, 0.5],
+        }
+    )
+    out = subset_vs_whole(correct, ["P1", "P2"], [0, 1], n_boot=200, seed=0)
+    diffs = [0.0, 1.0, -1.0, 0.5, -1.0, 1.0, 0.0, 0.5]  # seed 0, then seed 1
+    assert out.loc["P1", "minus_whole"] == pytest.approx(np.mean(diffs))
+    assert out.loc["P1", "pairs"] == 8
+    assert out.loc["P1", "lo"] <= np.mean(diffs) <= out.loc["P1", "hi"]
+    assert out.loc["P2"].tolist()[:3] == [0.0, 0.0, 0.0]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def synthetic_final(offsets: dict[str, float], seeds=(0, 1), n_prompts: int = 60, noise=0.02):
+    """Final ground truth per (run, seed, prompt): a shared per-prompt base plus the run's
+    offset plus (for offsets given as floats other than 0) small noise; rows shuffled so
+    that only the (seed, prompt) keys pair them."""
+    rng = np.random.default_rng(0)
+    base = rng.random((len(seeds), n_prompts))
+    frames = []
+    for run, off in offsets.items():
+        jitter = noise * rng.normal(size=base.shape) if off else 0.0
+        truth = base + off + jitter
+        frames.append(pd.DataFrame({
+            "run": run, "seed": np.repeat(seeds, n_prompts),
+            "prompt": np.tile(np.arange(n_prompts), len(seeds)), "truth": truth.ravel(),
+        }))  # fmt: skip
+    final = pd.concat(frames, ignore_index=True)
+    return final.sample(frac=1.0, random_state=1).reset_index(drop=True)
+
+
+def test_contrast_is_the_mean_paired_difference_with_a_ci() -> None:
+    """Paired by (seed, prompt) whatever the row order; the CI holds the mean and narrows
+    with the level."""
+    final = synthetic_final({"base": 0.0, "new": 0.1}, noise=0.2)
+    a = final[final["run"] == "new"].set_index(["seed", "prompt"])["truth"]
+    b = final[final["run"] == "base"].set_index(["seed", "prompt"])["truth"]
+    by_hand = np.mean([a[k] - b[k] for k in a.index])
+    m, lo, hi = contrast(final, "new", "base", n_boot=500, seed=0)
+    assert m == pytest.approx(by_hand) and lo < m < hi
+    _, lo99, hi99 = contrast(final, "new", "base", n_boot=500, seed=0, level=0.99)
+    assert lo99 <= lo and hi <= hi99
+    assert contrast(final, "base", "new", n_boot=500, seed=0)[0] == pytest.approx(-by_hand)
+
+
+def test_arm_means_per_run_in_first_appearance_order() -> None:
+    final = pd.DataFrame(
+        {"run": ["b", "a", "b", "a", "b"], "seed": 0, "prompt": [0, 0, 1, 1, 2],
+         "truth": [1.0, 0.0, 2.0, 1.0, 6.0]}
+    )  # fmt: skip
+    out = arm_means(final, n_boot=100, seed=0)
+    assert list(out.index) == ["b", "a"]
+    assert out["truth"].tolist() == [3.0, 0.5]
+    assert (out["lo"] <= out["truth"]).all() and (out["truth"] <= out["hi"]).all()
+
+
+def test_speed_first_checkpoint_reaching_the_target_or_censored() -> None:
+    """The first update > 0 whose gt reaches the target (update 0, the reference, never
+    counts), per run and seed; a run that never reaches it gets the censoring value."""
+    curves = pd.DataFrame(
+        [("a", 0, 0, 0.9), ("a", 0, 2, 0.4), ("a", 0, 4, 0.6), ("a", 0, 6, 0.7),
+         ("a", 1, 0, 0.9), ("a", 1, 2, 0.5), ("a", 1, 4, 0.59), ("a", 1, 6, 0.1),
+         ("b", 0, 2, 0.65), ("b", 0, 4, 0.2)],
+        columns=["run", "seed", "update", "gt"],
+    )  # fmt: skip
+    out = speed(curves, target=0.6, censored=8)
+    assert out[["run", "seed"]].values.tolist() == [["a", 0], ["a", 1], ["b", 0]]
+    assert out["updates_to_target"].tolist() == [4.0, 8.0, 2.0]
+    assert out["reached"].tolist() == [True, False, True]
+
+
+RULES4 = ["P1", "P2", "P3", "P4", "random"]
+
+
+def synthetic_speeds(fast: str | None = None) -> pd.DataFrame:
+    """vanilla reaches the target in 1 of 2 seeds (mean 7 updates); ``fast`` in 2 (mean 3);
+    the other arms never (censored at 8)."""
+    runs = ["vanilla", "oracle_filter", "frft_P1", "frft_P2", "frft_P3", "frft_P4", "random"]
+    rows = []
+    for run in runs:
+        for seed in (0, 1):
+            if run == "vanilla":
+                u, hit = (6.0, True) if seed == 0 else (8.0, False)
+            elif run == fast:
+                u, hit = (2.0 if seed == 0 else 4.0), True
+            else:
+                u, hit = 8.0, False
+            rows.append({"run": run, "seed": seed, "updates_to_target": u, "reached": hit})
+    return pd.DataFrame(rows)
+
+
+SUBSET = pd.DataFrame(
+    {"minus_whole": [0.0, -0.06, 0.02, -0.1, 0.0, 0.1],
+     "lo": [-0.01, -0.05, np.nan, -0.2, 0.0, 0.05]},
+    index=pd.Index(["P1", "P2", "P3", "P4", "random", "oracle"], name="rule"),
+)  # fmt: skip
+
+
+def offsets(oracle: float, rules: dict[str, float], random: float = 0.0) -> dict[str, float]:
+    out = {"vanilla": 0.0, "oracle_filter": oracle}
+    out |= {f"frft_{r}": rules.get(r, 0.0) for r in ("P1", "P2", "P3", "P4")}
+    return out | {"random": random}
+
+
+def test_claims_reproduced_when_a_rule_beats_vanilla_and_random() -> None:
+    """Power (the oracle filter above vanilla); frft_P2 above vanilla and the random control
+    at the Bonferroni level (1 - 0.05/4), faster than vanilla; P1's subset within the
+    margin (lo > -margin), P2's and P4's not, P3's unknown."""
+    final = synthetic_final(offsets(0.3, {"P2": 0.2}))
+    out = claims(final, synthetic_speeds("frft_P2"), SUBSET, RULES4, 0.03, n_boot=300, seed=0)
+    assert out["power"] == 1 and out["oracle_filter_minus_vanilla_lo"] > 0
+    assert out["oracle_filter_minus_vanilla"] == pytest.approx(
+        contrast(final, "oracle_filter", "vanilla", 300, 0)[0]
+    )
+    assert out["claim_beats_vanilla"] == "reproduced"
+    assert out["rules_beating_vanilla"] == "frft_P2"
+    assert out["frft_P2_beats_vanilla_and_random"] == 1
+    assert out["frft_P1_beats_vanilla_and_random"] == 0  # equal to vanilla: lo = 0
+    adjusted = contrast(final, "frft_P2", "random", 300, 0, level=1 - 0.05 / 4)
+    assert (out["frft_P2_minus_random_lo"], out["frft_P2_minus_random_hi"]) == adjusted[1:]
+    assert out["frft_P2_minus_random_lo"] < contrast(final, "frft_P2", "random", 300, 0)[1]
+    assert out["claim_faster"] == "reproduced"
+    assert out["frft_P2_updates_to_target"] == 3.0 and out["vanilla_reached_target"] == 1
+    assert out["claim_subset_competitive"] == "reproduced"
+    assert out["rules_competitive_subset"] == "P1"
+
+
+def test_claims_not_reproduced_when_the_random_control_does_as_well() -> None:
+    """frft_P2 beats vanilla but not the random control (which is 0.01 above it): claim 1
+    fails; claim 2 needs claim 1, so it fails even for a faster rule."""
+    final = synthetic_final(offsets(0.3, {"P2": 0.2}, random=0.0))
+    final.loc[final["run"] == "random", "truth"] = (
+        final[final["run"] == "frft_P2"].set_index(["seed", "prompt"])["truth"]
+        .reindex(pd.MultiIndex.from_frame(final.loc[final["run"] == "random", ["seed", "prompt"]]))
+        .to_numpy() + 0.01
+    )  # fmt: skip
+    out = claims(final, synthetic_speeds("frft_P2"), SUBSET, RULES4, 0.03, n_boot=300, seed=0)
+    assert out["power"] == 1
+    assert out["frft_P2_minus_vanilla_lo"] > 0 and out["frft_P2_minus_random"] < 0
+    assert out["claim_beats_vanilla"] == "not reproduced"
+    assert out["rules_beating_vanilla"] == "none"
+    assert out["claim_faster"] == "not reproduced"
+
+
+def test_claims_without_power_judge_no_ppo_claim() -> None:
+    """The oracle filter not above vanilla (equal): power 0 and the PPO claims read "no
+    power", even with a rule that beats vanilla and random."""
+    final = synthetic_final(offsets(0.0, {"P2": 0.2}))
+    out = claims(final, synthetic_speeds("frft_P2"), SUBSET, RULES4, 0.03, n_boot=300, seed=0)
+    assert out["power"] == 0
+    assert out["claim_beats_vanilla"] == "no power"
+    assert out["claim_faster"] == "no power"
+    assert out["rules_beating_vanilla"] == "frft_P2"  # reported, not judged
+
+
+def test_claims_subset_judged_on_its_own_positive_control() -> None:
+    """Claim 3 is about reward models at the reference, not PPO: it is judged whatever the
+    PPO power, and it is "no power" when the oracle filter's subset does not beat the whole
+    set (its own positive control)."""
+    final = synthetic_final(offsets(0.0, {"P2": 0.2}))
+    out = claims(final, synthetic_speeds(), SUBSET, RULES4, 0.03, n_boot=300, seed=0)
+    assert out["power"] == 0 and out["claim_subset_competitive"] == "reproduced"
+    weak = SUBSET.copy()
+    weak.loc["oracle", "lo"] = -0.01
+    out = claims(final, synthetic_speeds(), weak, RULES4, 0.03, n_boot=300, seed=0)
+    assert out["claim_subset_competitive"] == "no power"
+    assert out["rules_competitive_subset"] == "P1"  # reported, not judged
+
+
+def test_claims_without_a_positive_control_say_so() -> None:
+    """No oracle filter arm (records without the truth's labeler, the paper path): no power
+    entry and each PPO verdict carries "(no positive control)"."""
+    final = synthetic_final(offsets(0.0, {"P4": 0.2}))
+    final = final[final["run"] != "oracle_filter"]
+    speeds = synthetic_speeds()
+    speeds = speeds[speeds["run"] != "oracle_filter"]
+    out = claims(final, speeds, SUBSET.iloc[:0], RULES4, 0.03, n_boot=300, seed=0)
+    assert "power" not in out and "oracle_filter_minus_vanilla" not in out
+    assert out["claim_beats_vanilla"] == "reproduced (no positive control)"
+    assert out["claim_faster"] == "not reproduced (no positive control)"
+    assert out["claim_subset_competitive"] == "not reproduced (no positive control)"

@@ -73,11 +73,15 @@ def test_offline_set_refuses_an_unpinned_hub_preference_set(
     cfg = load_stage_config("inverse_alignment", Config, tiny_params)
     cfg = dataclasses.replace(cfg, offline_data="Dahoas/rm-static")
     with pytest.raises(AssetError, match=r"pin a revision \(Dahoas/rm-static@<commit or tag>\)"):
-        build_offline_set(cfg, None, None, None, None)
+        build_offline_set(cfg, None, None, None)
     assert host_lookups == []
 
 
 def test_notebook_06_paper_path_runs_on_local_standins(tmp_path: Path) -> None:
+    """The paper path end to end on stand-ins, with the paper's reward models (neural: a
+    fresh backbone reward model per refit, the critic loaded from it). The hub set's records
+    carry no ground-truth labeler, so there is no oracle-filter arm (no positive control),
+    no OOD arm and no label-quality metric; the verdicts say so."""
     tok = load_gpt2_tokenizer(max_merges=300)
     policy_dir, gold_dir = tmp_path / "policy", tmp_path / "gold"
     policy = tiny_gpt2(tok, seed=0)
@@ -101,16 +105,29 @@ def test_notebook_06_paper_path_runs_on_local_standins(tmp_path: Path) -> None:
         "n_ood_prompts": 0,
         "prompt_tokens": 6,
         "seeds": [0],
+        # the paper's recipe: a fresh backbone reward model per fit, PPO's critic from it
+        "reward_models": "neural",
     }
     params_file = write_params(tmp_path / "params.yaml", params)
     out = tmp_path / "out"
     proc, attempts = run_stage("06_inverse_alignment", params_file, out, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert attempts == []
-    metrics = json.loads((out / "results/metrics/06_inverse_alignment.json").read_text())
+    metrics = flatten(json.loads((out / "results/metrics/06_inverse_alignment.json").read_text()))
     assert metrics["records"] == 24
-    assert set(metrics["rm_accuracy_at_reference"]) == {"vanilla"}  # no OOD arm on this path
-    assert "OOD" not in metrics["runs"]
+    arms = ["vanilla", "frft_P1", "frft_P2", "frft_P3", "frft_P4", "random"]
+    assert {f"{a}_truth" for a in arms} <= set(metrics)
+    assert {f"{a}_selected" for a in arms[1:]} <= set(metrics)  # every refit arm refit
+    assert {k for k in metrics if k.startswith("rm_accuracy_")} == {
+        "rm_accuracy_vanilla", "rm_accuracy_vanilla_lo", "rm_accuracy_vanilla_hi"
+    }  # fmt: skip
+    assert not [k for k in metrics if k.startswith(("oracle", "ood", "power", "subset_oracle"))]
+    assert {f"subset_{r}_accuracy" for r in ("P1", "P2", "P3", "P4", "random")} <= set(metrics)
     assert "records_label_truth_agreement" not in metrics  # the hub set has no planted truth
-    flat = flatten(metrics)
-    assert {"runs.vanilla.truth", "runs.FRFT_P4.truth", "runs.FRFT_random.selected"} <= set(flat)
+    # rm-static records carry one source: nothing to identify, the first candidate is used
+    assert metrics["embedding"] == "logprob_profile"
+    assert "embedding_source_id_accuracy" not in metrics
+    for claim in ("claim_beats_vanilla", "claim_faster", "claim_subset_competitive"):
+        assert metrics[claim] in {
+            "reproduced (no positive control)", "not reproduced (no positive control)"
+        }, claim  # fmt: skip

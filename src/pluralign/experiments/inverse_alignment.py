@@ -15,6 +15,7 @@ statistics and the pre-registered decision rule of the notebook.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -446,14 +447,13 @@ def on_policy_pairs(
 
 
 def pair_correct(score: TextScore, pairs: OnPolicyPairs) -> FloatArray:
-    """Per pair: 1 when the reward orders it as the ground truth does, 0 when not, NaN on a
-    ground-truth tie (the per-pair form of :func:`pluralign.training.frft.pair_accuracy`,
-    for paired bootstraps)."""
+    """Per pair: 1 when the reward orders it as the ground truth does, 0 when not (a reward
+    tie included), NaN on a ground-truth tie: the per-pair form of
+    :func:`pluralign.training.frft.pair_accuracy`, for paired bootstraps."""
     sa, sb = np.asarray(score(pairs.texts_a)), np.asarray(score(pairs.texts_b))
-    ta, tb = np.asarray(pairs.truth_a), np.asarray(pairs.truth_b)
-    out = ((sa > sb) == (ta > tb)).astype(np.float64)
-    out[sa == sb] = 0.5
-    out[ta == tb] = np.nan
+    diff = np.asarray(pairs.truth_a, dtype=np.float64) - np.asarray(pairs.truth_b)
+    out = (np.sign(sa - sb) == np.sign(diff)).astype(np.float64)
+    out[diff == 0] = np.nan
     return out
 
 
@@ -531,7 +531,18 @@ def choose_embedding(
 ) -> tuple[str, pd.DataFrame]:
     """The criterion fixed before PPO: held-out accuracy of identifying a record response's
     source from the candidate's features of prompt + response (chosen and rejected rows,
-    folds grouped by prompt). Returns the best name and the table (ties: first listed)."""
+    folds grouped by prompt). Returns the best name and the table (ties: first listed).
+
+    Records of a single source (a hub preference set such as rm-static carries none) leave
+    nothing to identify: the first candidate is used, as declared in the params, and the
+    table says so (accuracy NaN)."""
+    if len(np.unique(records.source)) < 2:
+        first = next(iter(candidates))
+        table = pd.DataFrame(
+            {"embedding": list(candidates), "source_id_accuracy": math.nan, "dims": math.nan,
+             "seconds": 0.0}
+        )  # fmt: skip
+        return first, table
     prompts = [records.prompts[i] for i in records.prompt_index]
     responses = list(records.chosen) + list(records.rejected)
     groups = np.r_[records.prompt_index, records.prompt_index]
@@ -724,7 +735,7 @@ def claims(
     """The decision rule written in the notebook before the results.
 
     * Power (positive control): the oracle filter beats vanilla (95% CI of the paired
-      difference above 0). Without it no claim is judged: "no power".
+      difference above 0). Without it claims 1 and 2 are not judged: "no power".
     * Claim 1, FRFT beats vanilla: a rule's final ground truth is above vanilla's *and*
       above the random control's, both with Bonferroni-adjusted CIs over the rules
       (level 1 - 0.05 / rules) above 0. Reproduced if any rule passes.
@@ -732,7 +743,9 @@ def claims(
       that passes claim 1 reaches reference + margin in at least as many seeds as vanilla,
       with fewer updates on average (a seed that never reaches counts as censored).
     * Claim 3, a small filtered subset is competitive: a rule's subset reward model is at
-      most ``margin`` below the whole set's on-policy accuracy (95% CI lower bound).
+      most ``margin`` below the whole set's on-policy accuracy (95% CI lower bound). Its own
+      positive control: the oracle filter's subset must beat the whole set (CI above 0),
+      else "no power".
     """
     frft = [r for r in rules if r != "random"]
     level = 1 - 0.05 / max(len(frft), 1)
@@ -773,7 +786,13 @@ def claims(
 
     out["claim_beats_vanilla"] = verdict(bool(passing))
     out["claim_faster"] = verdict(bool(faster))
-    out["claim_subset_competitive"] = "reproduced" if competitive else "not reproduced"
+    subset_power = None if "oracle" not in subset.index else bool(subset.loc["oracle", "lo"] > 0)
+    if subset_power is False:
+        out["claim_subset_competitive"] = "no power"
+    else:
+        word = "reproduced" if competitive else "not reproduced"
+        no_control = "" if subset_power else " (no positive control)"
+        out["claim_subset_competitive"] = word + no_control
     out["rules_beating_vanilla"] = ", ".join(passing) or "none"
     out["rules_competitive_subset"] = ", ".join(competitive) or "none"
     return out

@@ -236,7 +236,12 @@ def run_frft(
     their mean ground truth (``gt``) and the accuracy of the reward in use
     (``rm_accuracy``), of the refit one (``rm_accuracy_after``), and of ``other_rewards``
     (``accuracy_<name>``). Rerunning with the same ``workdir`` resumes (the reward in use is
-    reloaded from the snapshot of its refit; the critic from the PPO checkpoint)."""
+    reloaded from the snapshot of its refit; the critic from the PPO checkpoint).
+
+    A reset restores the critic's weights only: the optimizer's Adam moments carry over
+    into the next chunk (the authors start PPO once, after their single refit). A critic
+    without ``critic_state`` gets its fresh head from torch's global RNG, so its start
+    depends on what ran before in the process (the notebook's order is fixed)."""
     workdir = Path(workdir)
     current = reward
     if refit is not None:

@@ -34,6 +34,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pluralign._typing import FloatArray, IntArray
+from pluralign.core.stats import column_stats
 
 RawFeatures = Callable[[Sequence[str], Sequence[str]], FloatArray]
 """``(prompts, responses) -> (n, d)`` raw features, one row per (prompt, response)."""
@@ -146,9 +147,9 @@ class Embedding:
     def fit(self, prompts: Sequence[str], responses: Sequence[str]) -> FloatArray:
         """Fit the z-score on these texts; returns their embeddings."""
         X = self.raw(prompts, responses)
-        self.mean = X.mean(axis=0)
-        std = X.std(axis=0)
-        self.std = np.where(std > 0, std, 1.0)
+        self.mean, self.std = column_stats(X)
+        flat = np.ptp(X, axis=0) == 0
+        self.mean = np.where(flat, X[0], self.mean)  # a constant column z-scores to exactly 0
         return self._finish(X)
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> NDArray[np.float32]:

@@ -26,6 +26,7 @@ import torch
 
 from pluralign._typing import FloatArray, TextScore
 from pluralign.core.crossfit_em import fit_linear
+from pluralign.core.stats import column_stats
 from pluralign.data.preferences import PreferenceRecords
 from pluralign.training.reward_models import RewardModelSettings, fit_reward_model, reward_fn
 
@@ -61,10 +62,7 @@ class ProbeRewards:
         self.featurize = featurize
         self.ridge = float(ridge)
         self._cache: dict[str, FloatArray] = {}
-        X = self._raw(list(norm_texts))
-        self.mean = X.mean(axis=0)
-        std = X.std(axis=0)
-        self.std = np.where(std > 0, std, 1.0)
+        self.mean, self.std = column_stats(self._raw(list(norm_texts)))
 
     def _raw(self, texts: list[str]) -> FloatArray:
         new = list(dict.fromkeys(t for t in texts if t not in self._cache))
