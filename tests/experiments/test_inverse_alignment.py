@@ -823,6 +823,8 @@ def test_claims_reproduced_when_a_rule_beats_vanilla_and_random() -> None:
     assert out["oracle_filter_minus_vanilla"] == pytest.approx(
         contrast(final, "oracle_filter", "vanilla", 300, 0)[0]
     )
+    random_row = contrast(final, "random", "vanilla", 300, 0)  # 95%: a description
+    assert [out[f"random_minus_vanilla{s}"] for s in ("", "_lo", "_hi")] == list(random_row)
     assert out["claim_beats_vanilla"] == "reproduced"
     assert out["rules_beating_vanilla"] == "frft_P2"
     assert out["frft_P2_beats_vanilla_and_random"] == 1

@@ -757,6 +757,10 @@ def claims(
         out["oracle_filter_minus_vanilla_hi"] = hi
         power = bool(lo > 0)
         out["power"] = int(power)
+    if "random" in set(final["run"]):  # what refitting alone, without a filter, does
+        m, lo, hi = contrast(final, "random", "vanilla", n_boot, seed)
+        out["random_minus_vanilla"], out["random_minus_vanilla_lo"] = m, lo
+        out["random_minus_vanilla_hi"] = hi
     passing = []
     for rule in frft:
         arm = f"frft_{rule}"
