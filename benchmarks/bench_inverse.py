@@ -106,7 +106,7 @@ def bench_refit(repeats: int = 3) -> None:
     chosen, rejected = records.full_texts()
     recipes = {
         "probe": ProbeRewards(featurize, chosen + rejected, ridge=50.0),
-        "neural": NeuralRewards(new_rm, tok, RewardModelSettings(num_train_epochs=2.0)),
+        "neural": NeuralRewards(new_rm, tok, RewardModelSettings(2.0, 1e-4, 32, 48)),
     }
 
     def generate(pol, ids, seed):
