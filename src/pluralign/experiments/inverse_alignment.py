@@ -57,7 +57,7 @@ from pluralign.training.frft_rewards import (
     ProbeRewards,
     RewardRecipe,
 )
-from pluralign.training.generation import GenerationSettings, sample_rollouts
+from pluralign.training.generation import GenerationSettings, Rollouts, sample_rollouts
 from pluralign.training.models import load_sequence_classifier, load_tokenizer
 from pluralign.training.ppo import PPOSettings
 from pluralign.training.reward_models import RewardModelSettings, score_texts
@@ -315,7 +315,10 @@ class OfflineSet:
     reference_texts: list[str]
 
 
-def _sample(cfg: Config, tok, policy, prompt_ids, seed: int, temperature: float | None = None):
+def sample(
+    cfg: Config, tok, policy, prompt_ids, seed: int, temperature: float | None = None
+) -> Rollouts:
+    """The stage's sampling: ``cfg.generation`` (``temperature`` overrides its temperature)."""
     t = cfg.generation.temperature if temperature is None else temperature
     return sample_rollouts(policy, tok, prompt_ids, cfg.generation.max_new_tokens, t, seed)
 
@@ -341,8 +344,8 @@ def build_offline_set(cfg: Config, tok, ref_policy, truth_of: TextScore) -> Offl
         pairs: dict[str, tuple[list[str], list[str]]] = {}
         reference_texts: list[str] = []
         for k, temp in enumerate(cfg.source_temperatures):
-            a = _sample(cfg, tok, ref_policy, offline_prompt_ids, cfg.seed + 10 + 2 * k, temp)
-            b = _sample(cfg, tok, ref_policy, offline_prompt_ids, cfg.seed + 11 + 2 * k, temp)
+            a = sample(cfg, tok, ref_policy, offline_prompt_ids, cfg.seed + 10 + 2 * k, temp)
+            b = sample(cfg, tok, ref_policy, offline_prompt_ids, cfg.seed + 11 + 2 * k, temp)
             pairs[f"sft_t{temp:g}"] = (a.continuations, b.continuations)
             if k == 0:
                 reference_texts = a.texts  # the reward's normalization statistics
@@ -384,7 +387,7 @@ def build_offline_set(cfg: Config, tok, ref_policy, truth_of: TextScore) -> Offl
         full = [p for p in offline_prompt_ids if len(p) == cfg.prompt_tokens + 1]
         ppo_prompt_ids = full[: cfg.n_ppo_prompts]
         eval_prompt_ids = [p for p in cut(eval_records.prompts) if len(p) == cfg.prompt_tokens + 1]
-        reference_texts = _sample(
+        reference_texts = sample(
             cfg, tok, ref_policy, offline_prompt_ids[:1024], cfg.seed + 10
         ).texts
     return OfflineSet(
@@ -441,8 +444,8 @@ def on_policy_pairs(
     texts_b: list[str] = []
     for d in range(draws):
         base = cfg.seed * 1000 + 2 * (updates + 100 * d)
-        texts_a += _sample(cfg, tok, policy, prompt_ids, base + 101).texts
-        texts_b += _sample(cfg, tok, policy, prompt_ids, base + 102).texts
+        texts_a += sample(cfg, tok, policy, prompt_ids, base + 101).texts
+        texts_b += sample(cfg, tok, policy, prompt_ids, base + 102).texts
     return OnPolicyPairs(texts_a, texts_b, truth_of(texts_a), truth_of(texts_b))
 
 
@@ -566,22 +569,25 @@ def subset_experiment(
     cfg: Config,
     records: PreferenceRecords,
     recipe: RewardRecipe,
-    gen_emb: NDArray[np.float32],
+    gen_embs: Mapping[int, NDArray[np.float32]],
     whole: FittedReward,
     pairs: OnPolicyPairs,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The paper's second claim at the reference policy: each rule (and the oracle filter)
-    selects ``select_k`` records given the reference's generations ``gen_emb`` (one per
-    offline prompt, embedded); a fresh reward model is trained on them alone and scored on
-    the on-policy ``pairs``. Returns one row per (rule, seed) with its accuracy and what it
-    selected, and the per-pair correctness (columns ``<rule>/<seed>`` and ``whole``)."""
-    s_c, s_r = similarities(gen_emb, records.prompt_index, records.chosen_emb, records.rejected_emb)
+    """The paper's third claim at the reference policy: per seed, each rule (and the oracle
+    filter) selects ``select_k`` records given that seed's reference generations
+    ``gen_embs[seed]`` (one per offline prompt, embedded); a fresh reward model is trained on
+    them alone and scored on the on-policy ``pairs``. Returns one row per (rule, seed) with
+    its accuracy and what it selected, and the per-pair correctness (columns
+    ``<rule>/<seed>`` and ``whole``)."""
     correct = {"whole": pair_correct(whole.score, pairs)}
     rows = []
     with_oracle = bool(np.any(records.labeler == cfg.truth))
     for rule in [*cfg.rules, *(["oracle"] if with_oracle else [])]:
         settings = RefitSettings(rule, cfg.select_k, cfg.refit_every, cfg.select_threshold)
         for seed in cfg.seeds:
+            s_c, s_r = similarities(
+                gen_embs[seed], records.prompt_index, records.chosen_emb, records.rejected_emb
+            )
             rng = np.random.default_rng([seed, 0])
             picked = select_records(settings, records, s_c, s_r, rng, cfg.truth)
             fitted = recipe.fit(records.subset(picked), seed)
@@ -596,17 +602,24 @@ def subset_experiment(
 
 
 def subset_vs_whole(
-    correct: pd.DataFrame, rules: Sequence[str], seeds: Sequence[int], n_boot: int, seed: int
+    correct: pd.DataFrame,
+    rules: Sequence[str],
+    seeds: Sequence[int],
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
 ) -> pd.DataFrame:
-    """Per rule: accuracy of the subset's reward model minus the whole set's, paired over
-    (seed, pair) rows (ground-truth ties dropped), with a percentile bootstrap CI."""
+    """Per rule: accuracy of the subset's reward model minus the whole set's, averaged over
+    seeds per pair, with a percentile bootstrap CI over the pairs (the pairs are shared by
+    every seed, so they are the unit resampled; ground-truth ties dropped)."""
     rows = []
     for rule in rules:
-        diff = np.concatenate(
-            [correct[f"{rule}/{s}"].to_numpy() - correct["whole"].to_numpy() for s in seeds]
+        diff = np.mean(
+            [correct[f"{rule}/{s}"].to_numpy() - correct["whole"].to_numpy() for s in seeds],
+            axis=0,
         )
         diff = diff[np.isfinite(diff)]
-        m, lo, hi = bootstrap_ci(diff, n_boot, seed)
+        m, lo, hi = bootstrap_ci(diff, n_boot, seed, level)
         rows.append({"rule": rule, "minus_whole": m, "lo": lo, "hi": hi, "pairs": diff.size})
     return pd.DataFrame(rows).set_index("rule")
 
@@ -661,7 +674,7 @@ def run_arm(
             data.offline_prompt_ids,
             embedding,
             RefitSettings(arm.rule, cfg.select_k, cfg.refit_every, cfg.select_threshold),
-            lambda policy, ids, s: _sample(cfg, tok, policy, ids, s).continuations,
+            lambda policy, ids, s: sample(cfg, tok, policy, ids, s).continuations,
             seed,
             cfg.truth,
         )
@@ -691,12 +704,37 @@ def run_arm(
 # --------------------------------------------------------------------------- statistics
 
 
+def seed_bootstrap(
+    values: FloatArray, n_boot: int, seed: int, level: float = 0.95
+) -> tuple[float, float, float]:
+    """(mean, lo, hi) of a (seeds, prompts) array by a two-level percentile bootstrap:
+    resample seeds, then prompts within each drawn seed. The PPO run of a seed is the unit
+    that replicates (runs of one arm differ far more between seeds than prompts do), so a
+    bootstrap over (seed, prompt) rows alone would be too narrow. With one seed it is the
+    bootstrap over prompts."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2 or v.size == 0:
+        raise ValueError(f"values must be a non-empty (seeds, prompts) array, got {v.shape}")
+    n_seeds, n_prompts = v.shape
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(n_seeds, size=(n_boot, n_seeds))
+    prompts = rng.integers(n_prompts, size=(n_boot, n_seeds, n_prompts))
+    means = v[seeds[:, :, None], prompts].mean(axis=(1, 2))
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(v.mean()), float(lo), float(hi)
+
+
+def _by_seed(final: pd.DataFrame, run: str) -> pd.DataFrame:
+    return final[final["run"] == run].pivot(index="seed", columns="prompt", values="truth")
+
+
 def arm_means(final: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
-    """Mean final ground truth per arm with a bootstrap CI over its (seed, prompt) rows
-    (``final``: columns run, seed, prompt, truth)."""
+    """Mean final ground truth per arm (``final``: columns run, seed, prompt, truth) with a
+    95% CI by :func:`seed_bootstrap`."""
     rows = []
-    for run, g in final.groupby("run", sort=False):
-        m, lo, hi = bootstrap_ci(g["truth"].to_numpy(), n_boot, seed)
+    for run in dict.fromkeys(final["run"]):
+        m, lo, hi = seed_bootstrap(_by_seed(final, run).to_numpy(), n_boot, seed)
         rows.append({"run": run, "truth": m, "lo": lo, "hi": hi})
     return pd.DataFrame(rows).set_index("run")
 
@@ -705,10 +743,17 @@ def contrast(
     final: pd.DataFrame, new: str, base: str, n_boot: int, seed: int, level: float = 0.95
 ) -> tuple[float, float, float]:
     """Mean of ``new - base`` final ground truth, paired by (seed, prompt) (every arm is
-    evaluated on the same prompts with the same sampling seed), percentile bootstrap CI."""
-    wide = final.pivot_table(index=["seed", "prompt"], columns="run", values="truth")
-    diff = (wide[new] - wide[base]).to_numpy()
-    return bootstrap_ci(diff, n_boot, seed, level)
+    evaluated on the same prompts with the same sampling seed), CI by
+    :func:`seed_bootstrap` (seeds resampled, then prompts)."""
+    a, b = _by_seed(final, new), _by_seed(final, base)
+    if not (a.index.equals(b.index) and a.columns.equals(b.columns)):
+        raise ValueError(f"{new} and {base} must cover the same seeds and prompts")
+    return seed_bootstrap((a - b).to_numpy(), n_boot, seed, level)
+
+
+def per_seed(final: pd.DataFrame, new: str, base: str) -> list[float]:
+    """``new - base`` mean final ground truth per seed (what a reader checks for signs)."""
+    return (_by_seed(final, new) - _by_seed(final, base)).mean(axis=1).round(4).tolist()
 
 
 def speed(curves: pd.DataFrame, target: float, censored: int) -> pd.DataFrame:
@@ -721,6 +766,11 @@ def speed(curves: pd.DataFrame, target: float, censored: int) -> pd.DataFrame:
     out["reached"] = out["updates_to_target"].notna()
     out["updates_to_target"] = out["updates_to_target"].fillna(censored)
     return out
+
+
+def claim_level(rules: Sequence[str]) -> float:
+    """The confidence level of each rule's test: Bonferroni over the similarity rules."""
+    return 1 - 0.05 / max(sum(r != "random" for r in rules), 1)
 
 
 def claims(
@@ -743,12 +793,14 @@ def claims(
       that passes claim 1 reaches reference + margin in at least as many seeds as vanilla,
       with fewer updates on average (a seed that never reaches counts as censored).
     * Claim 3, a small filtered subset is competitive: a rule's subset reward model is at
-      most ``margin`` below the whole set's on-policy accuracy (95% CI lower bound). Its own
-      positive control: the oracle filter's subset must beat the whole set (CI above 0),
-      else "no power".
+      most ``margin`` below the whole set's on-policy accuracy (``subset``'s CI lower bound,
+      Bonferroni level as for claim 1). Its own positive control: the oracle filter's
+      subset must beat the whole set (CI above 0), else "no power".
+
+    CIs resample seeds, then prompts (:func:`seed_bootstrap`).
     """
     frft = [r for r in rules if r != "random"]
-    level = 1 - 0.05 / max(len(frft), 1)
+    level = claim_level(rules)
     out: dict[str, Any] = {}
     power: bool | None = None  # None: no positive control (no labeler known: paper data)
     if "oracle_filter" in set(final["run"]):
@@ -767,6 +819,8 @@ def claims(
         ok = True
         for base in ("vanilla", "random"):
             d, dlo, dhi = contrast(final, arm, base, n_boot, seed, level)
+            signs = per_seed(final, arm, base)
+            out[f"{arm}_minus_{base}_seeds_positive"] = int(sum(x > 0 for x in signs))
             out[f"{arm}_minus_{base}"] = d
             out[f"{arm}_minus_{base}_lo"], out[f"{arm}_minus_{base}_hi"] = dlo, dhi
             ok &= bool(dlo > 0)

@@ -240,8 +240,8 @@ def run_frft(
 
     A reset restores the critic's weights only: the optimizer's Adam moments carry over
     into the next chunk (the authors start PPO once, after their single refit). A critic
-    without ``critic_state`` gets its fresh head from torch's global RNG, so its start
-    depends on what ran before in the process (the notebook's order is fixed)."""
+    without ``critic_state`` gets its fresh head from ``seed`` (not the global RNG), so runs
+    of one seed are identical until their first refit: arms differ by their refits only."""
     workdir = Path(workdir)
     current = reward
     if refit is not None:
@@ -253,7 +253,9 @@ def run_frft(
         if snaps:  # resume: the reward model the next chunk trained with
             state = torch.load(_snapshot(workdir, snaps[-1]), map_location="cpu", weights_only=True)
             current = refit.recipe.load(state)
-    value = value_model_from(policy)
+    with torch.random.fork_rng():  # the critic's fresh head: the same for every arm of a seed
+        torch.manual_seed(seed)
+        value = value_model_from(policy)
     if reward.critic_state is not None:
         value.load_state_dict(reward.critic_state)
     critic_start = {k: v.detach().clone() for k, v in value.state_dict().items()}

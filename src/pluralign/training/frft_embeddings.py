@@ -11,7 +11,8 @@ run offline:
   how "policy-like" a text is, which separates temperatures, human text and damaged copies;
 * ``hidden_mean``: the reference policy's mean last hidden state of prompt + response;
 * ``char_tfidf``: character 2-4-gram TF-IDF of prompt + response, reduced by truncated SVD;
-* ``minilm``: the packaged sentence encoder on prompt + response.
+* ``sentence:<encoder>``: a sentence encoder on prompt + response (the packaged MiniLM, or
+  a pinned hub one such as the authors' style encoder).
 
 Each is z-scored on the offline records' responses and unit-normed, so FRFT's cosine is a
 correlation of standardised features. The embedding is chosen *before* PPO by held-out
@@ -38,8 +39,6 @@ from pluralign.core.stats import column_stats
 
 RawFeatures = Callable[[Sequence[str], Sequence[str]], FloatArray]
 """``(prompts, responses) -> (n, d)`` raw features, one row per (prompt, response)."""
-
-CANDIDATES: tuple[str, ...] = ("logprob_profile", "hidden_mean", "char_tfidf", "minilm")
 
 
 @torch.no_grad()
