@@ -25,6 +25,7 @@ from helpers import TINY_PARAMS, tiny_gpt2
 
 import pluralign.experiments.inverse_alignment as exp
 from pluralign.core.frft import top_k
+from pluralign.core.stats import bootstrap_ci
 from pluralign.data.preferences import PreferenceRecords
 from pluralign.data.text import review_prompts
 from pluralign.experiments.inverse_alignment import (
@@ -43,10 +44,12 @@ from pluralign.experiments.inverse_alignment import (
     labeler_scores,
     on_policy_pairs,
     pair_correct,
+    per_seed,
     perturb_text,
     pooled_mix,
     reward_accuracies,
     reward_recipe,
+    seed_bootstrap,
     speed,
     subset_experiment,
     subset_vs_whole,
@@ -674,7 +677,7 @@ def test_subset_experiment_trains_each_rules_subset_and_scores_it(
     recipe = CountRecipe()
     whole = recipe.fit(rec, 0)
     cfg = dataclasses.replace(cfg, rules=["P4", "random"], seeds=[0, 1], select_k=5)
-    table, correct = subset_experiment(cfg, rec, recipe, gen_emb, whole, pairs)
+    table, correct = subset_experiment(cfg, rec, recipe, {0: gen_emb, 1: gen_emb}, whole, pairs)
     rules = ["P4", "random", *(["oracle"] if with_truth else [])]
     assert list(zip(table["rule"], table["seed"], strict=True)) == [
         (r, s) for r in rules for s in (0, 1)
@@ -698,9 +701,10 @@ def test_subset_experiment_trains_each_rules_subset_and_scores_it(
     assert list(correct.columns) == ["whole", *(f"{r}/{s}" for r in rules for s in (0, 1))]
 
 
-def test_subset_vs_whole_pairs_by_seed_and_pair_and_drops_truth_ties() -> None:
-    """Per rule: the mean over (seed, pair) of subset minus whole correctness, truth ties
-    (NaN) dropped, with a CI around it and the number of pairs used."""
+def test_subset_vs_whole_averages_seeds_per_pair_and_drops_truth_ties() -> None:
+    """Per rule: subset minus whole correctness averaged over seeds for each pair (the pairs
+    are the resampled unit), truth ties (NaN) dropped, with a CI around the mean and the
+    number of pairs used; a higher level widens the CI."""
     nan = np.nan
     correct = pd.DataFrame(
         {
@@ -712,10 +716,13 @@ def test_subset_vs_whole_pairs_by_seed_and_pair_and_drops_truth_ties() -> None:
         }
     )
     out = subset_vs_whole(correct, ["P1", "P2"], [0, 1], n_boot=200, seed=0)
-    diffs = [0.0, 1.0, -1.0, 0.5, -1.0, 1.0, 0.0, 0.5]  # seed 0, then seed 1
+    diffs = [-0.5, 1.0, -0.5, 0.5]  # per pair: the mean of seeds 0 and 1
     assert out.loc["P1", "minus_whole"] == pytest.approx(np.mean(diffs))
-    assert out.loc["P1", "pairs"] == 8
+    assert out.loc["P1", "pairs"] == 4
     assert out.loc["P1", "lo"] <= np.mean(diffs) <= out.loc["P1", "hi"]
+    wide = subset_vs_whole(correct, ["P1"], [0, 1], n_boot=200, seed=0, level=0.99)
+    assert wide.loc["P1", "lo"] <= out.loc["P1", "lo"]
+    assert out.loc["P1", "hi"] <= wide.loc["P1", "hi"]
     assert out.loc["P2"].tolist()[:3] == [0.0, 0.0, 0.0]
 
 
@@ -752,6 +759,32 @@ def test_contrast_is_the_mean_paired_difference_with_a_ci() -> None:
     _, lo99, hi99 = contrast(final, "new", "base", n_boot=500, seed=0, level=0.99)
     assert lo99 <= lo and hi <= hi99
     assert contrast(final, "base", "new", n_boot=500, seed=0)[0] == pytest.approx(-by_hand)
+
+
+def test_seed_bootstrap_counts_the_spread_between_seeds() -> None:
+    """Seeds far apart with almost no spread within a seed: the two-level bootstrap's CI
+    spans the seeds' means, a bootstrap over (seed, prompt) rows would not; one seed is the
+    bootstrap over prompts; bad shapes are refused."""
+    rng = np.random.default_rng(0)
+    v = np.array([-1.0, 0.0, 1.0])[:, None] + 0.01 * rng.normal(size=(3, 200))
+    m, lo, hi = seed_bootstrap(v, n_boot=2000, seed=0)
+    assert m == pytest.approx(v.mean()) and lo < -0.4 and hi > 0.4
+    _, row_lo, row_hi = bootstrap_ci(v.ravel(), 2000, 0)
+    assert row_hi - row_lo < 0.2 * (hi - lo)
+    one = v[:1]
+    m1, lo1, hi1 = seed_bootstrap(one, n_boot=2000, seed=0)
+    _, blo, bhi = bootstrap_ci(one.ravel(), 2000, 0)
+    assert m1 == pytest.approx(one.mean()) and hi1 - lo1 == pytest.approx(bhi - blo, rel=0.25)
+    with pytest.raises(ValueError, match="seeds, prompts"):
+        seed_bootstrap(np.zeros(5), 10, 0)
+
+
+def test_per_seed_differences_by_hand() -> None:
+    final = pd.DataFrame(
+        {"run": ["a"] * 4 + ["b"] * 4, "seed": [0, 0, 1, 1] * 2, "prompt": [0, 1] * 4,
+         "truth": [1.0, 3.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]}
+    )  # fmt: skip
+    assert per_seed(final, "a", "b") == [1.5, -1.0]
 
 
 def test_arm_means_per_run_in_first_appearance_order() -> None:

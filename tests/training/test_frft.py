@@ -429,10 +429,14 @@ def evaluate(policy, updates: int) -> OnPolicyPairs:
     return EVAL_PAIRS
 
 
-def critic_template(tok) -> dict[str, torch.Tensor]:
+def critic_template(tok, seed: int = 0) -> dict[str, torch.Tensor]:
     """The critic's start weights as run_frft makes them: the policy with a fresh head drawn
-    right after the policy is built (the same torch RNG sequence as in :func:`frft`)."""
-    return {k: v.clone() for k, v in value_model_from(tiny_gpt2(tok, seed=0)).state_dict().items()}
+    from the run's seed."""
+    policy = tiny_gpt2(tok, seed=0)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        value = value_model_from(policy)
+    return {k: v.clone() for k, v in value.state_dict().items()}
 
 
 def shifted(state: dict[str, torch.Tensor], by: float) -> dict[str, torch.Tensor]:
@@ -648,6 +652,27 @@ def test_killed_frft_run_resumes_to_the_uninterrupted_result(
     log = frft(tok, tmp_path / "b", recipe)
     assert len(recipe.loads) == int(complete)
     assert deterministic(log).equals(deterministic(full_log)[deterministic(log).columns])
+
+
+def test_run_frft_critic_head_depends_on_the_seed_not_on_the_global_rng(
+    tok, tmp_path: Path, monkeypatch
+) -> None:
+    """Runs of one seed start from the same critic whatever ran before them (arms of a seed
+    are identical until their first refit); another seed gives another head."""
+    seen = []
+
+    def spy(policy, *args, value_model=None, **kwargs):
+        seen.append({k: v.clone() for k, v in value_model.state_dict().items()})
+        return policy, None
+
+    monkeypatch.setattr(training_frft, "run_ppo", spy)
+    args = (tok, ppo_prompts(tok), FakeRecipe().reward(W_START), REFERENCE, SETTINGS, GENERATION)
+    for global_seed, run_seed in ((1, 0), (2, 0), (1, 3)):
+        torch.manual_seed(global_seed)
+        run_frft(tiny_gpt2(tok, seed=0), *args, tmp_path / f"r{len(seen)}", run_seed)
+    assert same_weights(seen[0], seen[1]) and same_weights(seen[0], critic_template(tok, 0))
+    assert not same_weights(seen[0], seen[2])
+    assert same_weights(seen[2], critic_template(tok, 3))
 
 
 def test_run_frft_rejects_a_refit_interval_off_the_checkpoints(tok, tmp_path: Path) -> None:
