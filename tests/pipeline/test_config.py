@@ -82,7 +82,7 @@ def test_nested_errors_name_the_whole_path(tmp_path: Path) -> None:
     params = copy.deepcopy(TINY_PARAMS)
     params["maxmin_gpt2"]["cpu"]["ppo"]["n_update"] = 3
     path = write_params(tmp_path / "p.yaml", params)
-    with pytest.raises(ConfigError, match=r"maxmin_gpt2\.ppo\.n_update: unknown key"):
+    with pytest.raises(ConfigError, match=r"maxmin_gpt2\.cpu\.ppo\.n_update: unknown key"):
         load_stage_config("maxmin_gpt2", maxmin_gpt2.Config, path)
     params = copy.deepcopy(TINY_PARAMS)
     params["maxmin_gpt2"]["cpu"]["ppo"]["batch_size"] = 5  # not a multiple of 2 minibatches
@@ -119,9 +119,12 @@ def test_notebook_sections_come_from_dvc_yaml(tmp_path: Path) -> None:
     assert sections["04_maxmin_ppo_gpt2"] == "maxmin_gpt2"
     assert sections["05_maxmin_ppo_tulu2"] == "maxmin_tulu2"
     bad = tmp_path / "dvc.yaml"
-    bad.write_text("stages:\n  s:\n    cmd: x\n    params: [profile, a, b]\n")
+    run = "python -m pluralign.pipeline.runner notebooks/s.ipynb"
+    bad.write_text(f"stages:\n  s:\n    cmd: {run}\n    params: [profile, a, b]\n")
     assert notebook_sections(bad) == {"s": "a"}  # its own section first, then shared ones
-    bad.write_text("stages:\n  s:\n    cmd: x\n    params: [profile]\n")
+    bad.write_text("stages:\n  other:\n    cmd: python scripts/x.py\n")
+    assert notebook_sections(bad) == {}  # only notebook stages read a section
+    bad.write_text(f"stages:\n  s:\n    cmd: {run}\n    params: [profile]\n")
     with pytest.raises(ConfigError, match="stage s lists no params section"):
         notebook_sections(bad)
 
@@ -155,7 +158,7 @@ def _broken(tmp_path: Path, mutate) -> Path:
         (lambda p: p["policy_pretrain"].update(n_layers=3), r"policy_pretrain\.n_layers: unknown"),
         (
             lambda p: p["policy_pretrain"]["cpu"].update(lr=0.1),
-            r"policy_pretrain\.lr: unknown",
+            r"policy_pretrain\.cpu\.lr: unknown",  # named with the profile it sits in
         ),
         (  # typo in the profile that is *not* running is caught too
             lambda p: p["policy_pretrain"]["paper"].update(max_step=3),

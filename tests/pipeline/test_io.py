@@ -79,5 +79,5 @@ def test_manifest_records_config_git_and_versions(project_root: Path) -> None:
     manifest = run_manifest("00_x", {"seed": 1}, project_root)
     assert manifest["config"] == {"seed": 1}
     assert manifest["packages"]["torch"].startswith(torch.__version__.split("+")[0])
-    assert set(manifest["git"]) == {"sha", "dirty"}
+    assert set(manifest["git"]) == {"sha", "dirty", "changed"}
     json.dumps(manifest)  # serializable as is

@@ -45,7 +45,7 @@ def test_notebook_is_committed_clean_with_a_parameters_cell(path: Path) -> None:
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be parameters"
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
-    for name in ("params_file", "profile", "output_root"):
+    for name in ("params_file", "profile", "output_root", "overrides"):
         assert f"{name} =" in code[0].source
 
 
@@ -67,14 +67,19 @@ def test_dvc_stage_declares_what_it_uses(stage: str) -> None:
     for key in spec["params"]:
         assert key in params, f"{stage}: params key {key} missing from params.yaml"
     assert NOTEBOOK_SECTIONS[stage] in spec["params"]
-    # The notebook writes exactly the metrics file, manifest and executed copy DVC expects.
+    # The notebook writes exactly the metrics, details, manifest and executed copy DVC expects.
     outs = {next(iter(o)) if isinstance(o, dict) else o for o in spec["outs"]}
     assert f"results/notebooks/{stage}.ipynb" in outs
     assert f"results/manifests/{stage}.json" in outs
+    assert f"results/details/{stage}.json" in outs
     metrics = [next(iter(m)) for m in spec["metrics"]]
     assert metrics == [f"results/metrics/{stage}.json"]
-    for entry in spec["metrics"] + spec.get("plots", []):
-        assert next(iter(entry.values()))["cache"] is False  # committed to git
+    for entry in spec["outs"] + spec["metrics"] + spec.get("plots", []):
+        assert isinstance(entry, dict), entry
+        path, options = next(iter(entry.items()))
+        # DVC must not delete an output before the run: the runner replaces it at the end
+        assert options["persist"] is True, path
+        assert options.get("cache", True) is path.startswith("models/")  # results/ in git
 
 
 # --------------------------------------------------------------------------- network guard
@@ -140,7 +145,9 @@ def test_stage_runs_offline_end_to_end(stage: str, pipeline: _Pipeline) -> None:
         assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
         assert attempts == [], f"{name} tried to reach the network: {attempts}"
 
-    metrics = json.loads((out / "results" / "metrics" / f"{stage}.json").read_text())
+    metrics = json.loads((out / "results" / "details" / f"{stage}.json").read_text())
+    headline = json.loads((out / "results" / "metrics" / f"{stage}.json").read_text())
+    assert 0 < len(headline) <= 15 and all(metrics[k] == v for k, v in headline.items())
     words = TEXT_METRICS.get(stage, set())
     numbers = {k: v for k, v in metrics.items() if k not in words}
     assert metrics and all(isinstance(v, int | float) for v in _leaves(numbers))
@@ -153,9 +160,14 @@ def test_stage_runs_offline_end_to_end(stage: str, pipeline: _Pipeline) -> None:
     assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
     for plot in DVC[stage].get("plots", []):
         assert (out / next(iter(plot))).stat().st_size > 1000
-    for model_out in (o for o in DVC[stage]["outs"] if isinstance(o, str)):
+    assert not (out / ".staging" / stage).exists()  # promoted into place, staging removed
+    for model_out in (p for p in map(_path, DVC[stage]["outs"]) if p.startswith("models/")):
         assert (out / model_out / "config.json").is_file()
         assert list((out / model_out).glob("*.safetensors"))
+
+
+def _path(entry) -> str:
+    return entry if isinstance(entry, str) else next(iter(entry))
 
 
 def _ordered(metrics: dict, key: str, low: float = -np.inf, high: float = np.inf) -> None:

@@ -32,6 +32,21 @@ from pluralign.core.bradley_terry import average_win_rates, fit_bt, stationarity
 from pluralign.core.clones import standard_mle, weighted_mle
 from pluralign.pipeline.config import StageConfig
 
+#: The stage's DVC metrics: one or two numbers per claim: how far each estimator moves. Its other
+#: numbers go to ``results/details/``.
+HEADLINE: tuple[str, ...] = (
+    "claim1_mle_max_change",
+    "claim1_weighted_max_change",
+    "claim1_mle_order_flipped",
+    "claim1_weighted_order_kept",
+    "claim2_mle_change_k_max",
+    "claim2_weighted_change_k_max",
+    "claim3_mle_rmse_m_max",
+    "claim3_weighted_rmse_m_max",
+    "claim4_winrate_gap_standard_rewards",
+    "claim4_winrate_gap_weighted",
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Config(StageConfig):

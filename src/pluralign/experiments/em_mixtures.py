@@ -59,6 +59,22 @@ from pluralign.training.neural_crossfit import fit_neural_crossfit_em
 from pluralign.training.neural_mixture import fit_neural_em
 from pluralign.training.reward_models import RewardModelSettings, score_texts
 
+#: The stage's DVC metrics: recovery at the README's settings, the bounds, MaxMin vs one reward, EM
+#: on text. Its other numbers go to ``results/details/``.
+HEADLINE: tuple[str, ...] = (
+    "planted_ari_hard_EM_comparisons_per_user_20",
+    "planted_ari_hard_EM_minority_share_0.05",
+    "planted_ari_soft_EM_minority_share_0.05",
+    "select_k_chosen",
+    "select_k_true",
+    "gap_bound_holds_all",
+    "dist_bound_holds_all",
+    "worst_utility_maxmin",
+    "text_neural_ari",
+    "text_neural_crossfit_ari",
+    "text_neural_crossfit_converged",
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Config(StageConfig):

@@ -70,6 +70,24 @@ SENTENCE = "sentence:"
 POLICY_EMBEDDINGS = ("logprob_profile", "hidden_mean", "char_tfidf")
 
 
+#: The stage's DVC metrics: ground truth per main arm, the positive control and the three claims.
+#: Its other numbers go to ``results/details/``.
+HEADLINE: tuple[str, ...] = (
+    "embedding",
+    "reference_truth",
+    "vanilla_truth",
+    "oracle_filter_truth",
+    "frft_P1_truth",
+    "random_truth",
+    "oracle_filter_minus_vanilla",
+    "power",
+    "claim_beats_vanilla",
+    "claim_faster",
+    "claim_subset_competitive",
+    "rules_beating_vanilla",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config(StageConfig):
     """``inverse_alignment`` (notebook 06): filtered reward fine-tuning during PPO vs vanilla."""

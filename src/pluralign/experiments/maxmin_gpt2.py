@@ -59,6 +59,24 @@ class GentlePPO:
         return {"learning_rate": self.learning_rate, "n_updates": self.n_updates}
 
 
+#: The stage's DVC metrics: premise, control, EM recovery, the head-to-head claims and the
+#: verdicts. Its other numbers go to ``results/details/``.
+HEADLINE: tuple[str, ...] = (
+    "premise_oracle_holds",
+    "premise_text_holds",
+    "control_works",
+    "em_text_ari_ratio_10",
+    "em_text_in_sample_ari_ratio_10",
+    "em_text_converged",
+    "h2h_control_concise",
+    "h2h_oracle_concise",
+    "h2h_text_concise",
+    "h2h_text_sentiment",
+    "verdict_oracle_reproduces",
+    "verdict_text_reproduces",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config(StageConfig):
     """``maxmin_gpt2`` (notebook 04): single-reward PPO vs MaxMin PPO, sentiment vs concise."""

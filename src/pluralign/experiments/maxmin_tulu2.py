@@ -119,6 +119,25 @@ class ProxySettings:
     pretrain_steps: int
 
 
+#: The stage's DVC metrics: premise, EM recovery, win rates against SFT, the gains and the
+#: verdicts. Its other numbers go to ``results/details/``.
+HEADLINE: tuple[str, ...] = (
+    "premise_bias",
+    "controllability_grade_gap",
+    "em_ari_10to1",
+    "em_converged_10to1",
+    "power",
+    "win_single_minority",
+    "win_maxmin_minority",
+    "win_maxmin_em_minority",
+    "gain_minority_relative",
+    "gain_average_relative",
+    "gain_majority_points",
+    "verdict",
+    "verdict_em",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config(StageConfig):
     """Single-reward vs MaxMin LoRA PPO on P-SOUPS preference dimensions.

@@ -16,6 +16,16 @@ Config = PretrainConfig
 """``policy_pretrain``'s params (the recipe notebook 05 reuses)."""
 
 
+#: The stage's DVC metrics: what the README quotes: held-out quality, whether the policy can stop,
+#: size. Its other numbers go to ``results/details/``.
+HEADLINE: tuple[str, ...] = (
+    "heldout_perplexity",
+    "stop_rate",
+    "mean_new_tokens",
+    "n_params",
+)
+
+
 def metrics_of(result: PretrainResult) -> dict[str, Any]:
     """What the stage reports: held-out quality, whether the policy can stop, size."""
     return {

@@ -31,6 +31,14 @@ from pluralign.training._hf import use_text_progress
 from pluralign.training.models import load_sequence_classifier, load_tokenizer
 from pluralign.training.sentiment import LABELS, SentimentJudge
 
+#: The stage's DVC metrics: the judge's accuracy, against the lexicon baseline. Its other numbers
+#: go to ``results/details/``.
+HEADLINE: tuple[str, ...] = (
+    "imdb_accuracy",
+    "rotten_tomatoes_accuracy",
+    "vader_imdb_accuracy",
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Config(StageConfig):

@@ -48,6 +48,19 @@ from pluralign.core.stats import mean_ci
 from pluralign.data.text import SENTENCE_SPLIT
 from pluralign.pipeline.config import StageConfig
 
+#: The stage's DVC metrics: whether clones flip each estimator's top theme, per setting. Its other
+#: numbers go to ``results/details/``.
+HEADLINE: tuple[str, ...] = (
+    "paper_headline_reproduced",
+    "paper_mle_flipped",
+    "paper_weighted_flipped",
+    "paper_weighted_gap_clear",
+    "tabular_mle_flipped",
+    "tabular_weighted_flipped",
+    "deviation_mle_flipped",
+    "deviation_weighted_flipped",
+)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Config(StageConfig):

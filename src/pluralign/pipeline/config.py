@@ -28,6 +28,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -41,6 +42,8 @@ Profile = Literal["cpu", "paper"]
 DEFAULT_PARAMS_FILE = "params.yaml"
 
 T = TypeVar("T")
+#: Per-key changes to a section: a mapping (dotted or nested keys) or a YAML string.
+Overrides = Mapping[str, Any] | str | None
 
 
 class ConfigError(ValueError):
@@ -55,12 +58,17 @@ class StageConfig:
     seed: int
 
 
-def notebook_sections(dvc_file: str | os.PathLike[str] | None = None) -> dict[str, str]:
-    """DVC stage (= notebook file stem) -> the params section it reads.
+#: The command every notebook stage runs; other stages (the docs refresh) read no section.
+RUNNER = "pluralign.pipeline.runner"
+
+
+def stage_param_sections(dvc_file: str | os.PathLike[str] | None = None) -> dict[str, list[str]]:
+    """Notebook stage (= notebook file stem) -> the params sections it reads, its own first.
 
     Read from ``dvc.yaml``: a stage's ``params`` are ``profile``, its own section first, then
     any section it also reads (e.g. a shared recipe), so the pipeline file is the one place
-    that says which section a notebook uses."""
+    that says which sections a notebook uses. Stages whose command is not the notebook runner
+    are left out."""
     path = Path(dvc_file) if dvc_file is not None else project_root() / "dvc.yaml"
     try:
         stages = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]
@@ -68,11 +76,18 @@ def notebook_sections(dvc_file: str | os.PathLike[str] | None = None) -> dict[st
         raise ConfigError(f"{path}: cannot read its stages: {err}") from err
     sections = {}
     for stage, spec in stages.items():
+        if RUNNER not in str(spec.get("cmd", "")):
+            continue
         own = [p for p in spec.get("params", []) if isinstance(p, str) and p != "profile"]
         if not own:
             raise ConfigError(f"{path}: stage {stage} lists no params section of its own")
-        sections[stage] = own[0]
+        sections[stage] = own
     return sections
+
+
+def notebook_sections(dvc_file: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """DVC stage (= notebook file stem) -> the params section it reads (its own)."""
+    return {stage: own[0] for stage, own in stage_param_sections(dvc_file).items()}
 
 
 # --------------------------------------------------------------------------- loading
@@ -105,19 +120,56 @@ def load_stage_config(
     cls: type[T],
     params_file: str | os.PathLike[str] | None = None,
     profile: str | None = None,
+    overrides: Overrides = None,
 ) -> T:
     """Build ``cls`` from section ``section`` of ``params_file`` for ``profile``.
 
     ``params_file`` defaults to the project's ``params.yaml``; a relative path is taken from
     the project root, not the working directory (JupyterLab starts kernels in
-    ``notebooks/``)."""
+    ``notebooks/``). ``overrides`` changes keys of the resolved section (see
+    :func:`parse_overrides`), checked as strictly as the file."""
     params = read_params(params_file)
     chosen = resolve_profile(params, profile)
     if section not in params:
         raise ConfigError(f"{section}: section missing from the params file")
     merged = profile_section(params[section], chosen, section, cls)
+    changes = parse_overrides(overrides)
+    _check_known_keys(cls, changes, f"overrides[{section}]")
+    merged = deep_merge(merged, changes)
     merged["profile"] = chosen
     return from_mapping(cls, merged, section)
+
+
+def parse_overrides(overrides: Overrides) -> dict[str, Any]:
+    """Per-key changes to a stage's section as a nested mapping.
+
+    Accepts a mapping whose keys may be dotted paths (``{"ppo.kl_coef": 0.1}``) or nested
+    (``{"ppo": {"kl_coef": 0.1}}``), or the same as a YAML string (``"{clone_k: 8}"``), the
+    form ``papermill -p overrides ...`` and ``runner --set`` pass on a command line."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, str):
+        try:
+            overrides = yaml.safe_load(overrides) if overrides.strip() else {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"overrides: not valid YAML: {err}") from err
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"overrides: expected a mapping of keys to values, got {overrides!r}")
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"overrides: {key!r} is not a key (want name or a.b.c)")
+        if key.split(".")[0] in PROFILES or key.split(".")[0] == "profile":
+            raise ConfigError(
+                f"overrides.{key}: overrides apply to the resolved section; choose the "
+                "profile with the `profile` parameter"
+            )
+        *parents, leaf = key.split(".")
+        node: dict[str, Any] = {leaf: dict(value) if isinstance(value, Mapping) else value}
+        for parent in reversed(parents):
+            node = {parent: node}
+        nested = deep_merge(nested, node)
+    return nested
 
 
 def profile_section(
@@ -133,10 +185,10 @@ def profile_section(
         override = section.get(name, {}) or {}
         if not isinstance(override, dict):
             raise ConfigError(f"{where}.{name}: must be a mapping, got {type(override).__name__}")
+        if cls is not None:  # named with its profile (`sec.cpu.key`), running or not
+            _check_known_keys(cls, override, f"{where}.{name}")
         if name == profile:
             merged = deep_merge(merged, override)
-        elif cls is not None:  # still catch typos in the profile that is not running today
-            _check_known_keys(cls, override, f"{where}.{name}")
     return merged
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -135,8 +136,17 @@ def to_jsonable(obj: Any) -> Any:
 # --------------------------------------------------------------------------- manifests
 
 
+#: Tracked paths a run writes or the docs refresh rewrites: their changes do not make the
+#: code a run started from differ from its commit.
+OUTPUT_PATHS = ("results/", "models/", "dvc.lock", "README.md", "docs/")
+
+
 def git_state(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """The commit a run started from and whether the tree had uncommitted changes."""
+    """The commit a run started from, and whether the code or params differed from it.
+
+    ``dirty`` ignores the pipeline's own outputs (``OUTPUT_PATHS``): a ``dvc repro`` of
+    several stages rewrites ``results/`` as it goes, which says nothing about the code;
+    ``changed`` lists the paths that did differ (at most 20)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -145,11 +155,15 @@ def git_state(root: str | os.PathLike[str]) -> dict[str, Any]:
             )
         except (OSError, subprocess.SubprocessError):
             return None
-        return out.stdout.strip()
+        return out.stdout
 
     sha = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+    if status is None:
+        return {"sha": sha.strip() if sha else None, "dirty": None, "changed": []}
+    paths = [line[3:].split(" -> ")[-1].strip('"') for line in status.splitlines() if line]
+    changed = [p for p in paths if not p.startswith(OUTPUT_PATHS)]
+    return {"sha": sha.strip() if sha else None, "dirty": bool(changed), "changed": changed[:20]}
 
 
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
@@ -188,6 +202,38 @@ def config_fingerprint(*parts: Any) -> str:
 
 
 # --------------------------------------------------------------------------- metrics
+
+#: Significant digits every metric is written with: enough for any number we report, few
+#: enough that a rerun on the same machine kind (another thread count, JupyterLab instead
+#: of DVC) writes the same file. Values below ``ZERO`` in magnitude are written as 0.
+METRIC_DIGITS = 6
+ZERO = 1e-12
+
+
+def round_metrics(obj: Any, digits: int = METRIC_DIGITS) -> Any:
+    """``obj`` with every float rounded to ``digits`` significant digits (nested dicts and
+    lists too), ``-0.0`` and values below ``ZERO`` as ``0.0``; ints and bools unchanged."""
+    if isinstance(obj, dict):
+        return {k: round_metrics(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [round_metrics(v, digits) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and math.isfinite(obj):
+        return 0.0 if abs(obj) < ZERO else float(f"{obj:.{digits}g}") + 0.0
+    return obj
+
+
+def split_headline(
+    metrics: dict[str, Any], headline: tuple[str, ...] | list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """(the ``headline`` keys of ``metrics``, flat as DVC shows them; the headline keys this
+    run did not report). DVC lists only these, so ``dvc exp show`` and ``dvc metrics diff``
+    stay readable; everything else stays in the stage's details file."""
+    flat = flatten(metrics)
+    if len(set(headline)) != len(headline):
+        raise ValueError(f"headline keys repeat: {sorted(headline)}")
+    return {k: flat[k] for k in headline if k in flat}, [k for k in headline if k not in flat]
 
 
 def flatten(metrics: dict[str, Any], sep: str = ".") -> dict[str, Any]:

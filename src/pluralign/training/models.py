@@ -131,8 +131,9 @@ def fit_to_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
 
 
 def stage_model(name: str, paths: ProjectPaths, stages: Mapping[str, str] = STAGE_MODELS) -> str:
-    """The model folder of upstream stage ``name`` (``00_policy_pretrain``), else ``name``."""
-    return str(paths.model(stages[name])) if name in stages else name
+    """The model folder of upstream stage ``name`` (``00_policy_pretrain``), else ``name``
+    (a local folder or pinned hub name). A run writing to ``scratch/`` reads the project's."""
+    return str(paths.upstream_model(stages[name])) if name in stages else name
 
 
 @dataclass
