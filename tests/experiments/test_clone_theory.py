@@ -165,3 +165,20 @@ def test_claim4_uniform_grid_weighted_equals_standard():
     assert out["weight_spread_grid"] < 0.1
     assert out["max_reward_gap_grid"] < 0.005
     assert out["max_reward_gap_clustered"] > 10 * out["max_reward_gap_grid"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"clone_k": -4}, r"clone_theory: clone_k: must be at least 1, got -4"),
+        ({"clone_eps": 0.0}, r"clone_eps: must be positive"),
+        ({"cluster_share": 1.5}, r"cluster_share: must be in \[0, 1\]"),
+    ],
+)
+def test_config_refuses_values_no_claim_can_run_with(override, message) -> None:
+    """``clone_k: -4`` used to pass validation and fail in the notebook's fourth cell."""
+    from pluralign.experiments.clone_theory import Config
+    from pluralign.pipeline.config import ConfigError, load_stage_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_stage_config("clone_theory", Config, None, "cpu", override)

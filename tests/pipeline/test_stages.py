@@ -223,6 +223,6 @@ def test_bad_params_stop_before_the_kernel_and_keep_old_outputs(tmp_path: Path) 
     old.write_text('{"imdb_accuracy": 0.9}')
     proc, _ = run_stage("00_sentiment_judge", path, out, tmp_path)
     assert proc.returncode == 2
-    assert "sentiment_judge.learnin_rate: unknown key" in proc.stderr
+    assert "sentiment_judge.cpu.learnin_rate: unknown key" in proc.stderr
     assert old.read_text() == '{"imdb_accuracy": 0.9}'
     assert not (out / "results" / "notebooks" / "00_sentiment_judge.ipynb").exists()

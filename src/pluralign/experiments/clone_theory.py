@@ -85,6 +85,20 @@ class Config(StageConfig):
     grid_per_axis: int
     """Claim 4: regular grid of grid_per_axis^2 points where weighted MLE ~ MLE."""
 
+    def __post_init__(self) -> None:
+        """Refuse values no claim can run with, naming the key (not a crash in cell 4)."""
+        for name in ("n_samples", "clone_k", "k_max", "n_reps", "dim", "grid_size",
+                     "n_characterization", "grid_per_axis"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("lam", "clone_eps", "delta"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        if not 0 <= self.cluster_share <= 1:
+            raise ValueError(f"cluster_share: must be in [0, 1], got {self.cluster_share}")
+        if any(e <= 0 for e in self.eps_grid) or any(m < 2 for m in self.m_grid):
+            raise ValueError("eps_grid must be positive and m_grid at least 2")
+
 
 FloatArray = NDArray[np.float64]
 

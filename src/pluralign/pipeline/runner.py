@@ -39,8 +39,14 @@ from pluralign.pipeline.outputs import (
 )
 from pluralign.pipeline.paths import ProjectPaths, project_root
 
-# Notebook stream outputs keep every tqdm redraw: keep bars coarse in executed copies.
-KERNEL_ENV = {"TQDM_MININTERVAL": "20", "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
+# Notebook stream outputs keep every tqdm redraw: keep bars coarse in executed copies. Without
+# ipywidgets, tqdm.auto falls back to text bars in a kernel and warns about it in every log.
+KERNEL_ENV = {
+    "TQDM_MININTERVAL": "20",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MPLBACKEND": "Agg",
+    "PYTHONWARNINGS": "ignore:IProgress not found",
+}
 
 
 def kernel_environment(profile: str, root: Path) -> dict[str, str]:
