@@ -87,7 +87,11 @@ def test_the_working_directory_checkout_wins_over_the_install_location(
     other = _checkout(tmp_path / "clone_b")
     monkeypatch.delenv("PLURALIGN_ROOT", raising=False)
     monkeypatch.chdir(other / "notebooks")
+    monkeypatch.setattr(paths_module, "_WARNED", set())
     with pytest.warns(UserWarning, match="imported from another checkout"):
+        assert project_root() == other.resolve()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process, not at every lookup
         assert project_root() == other.resolve()
     monkeypatch.chdir(ROOT)
     with warnings.catch_warnings():

@@ -11,6 +11,7 @@ from pathlib import Path
 #: Where runs whose config differs from params.yaml write by default (git- and DVC-ignored),
 #: so they never overwrite the committed ``results/``.
 SCRATCH = "scratch"
+_WARNED: set[tuple[Path, Path]] = set()
 
 
 def _checkout_of(start: Path) -> Path | None:
@@ -36,7 +37,8 @@ def project_root() -> Path:
     here = _checkout_of(Path.cwd().resolve())
     installed = _checkout_of(Path(__file__).resolve())
     if here is not None:
-        if installed is not None and installed != here:
+        if installed is not None and installed != here and (here, installed) not in _WARNED:
+            _WARNED.add((here, installed))  # once per process, not at every path lookup
             warnings.warn(
                 f"writing to the checkout you are in ({here}), but pluralign is imported from "
                 f"another checkout ({installed}): its code, not this one's, runs. Install this "
