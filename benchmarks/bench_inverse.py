@@ -3,7 +3,7 @@ refit cycle split into sampling, embedding, selection and fitting a fresh reward
 
 Selection: random unit 384-d embeddings for 100,000 records over 100,000 prompts (one
 generation each, the paper's setting), float32 as cached; the time covers ``similarities``
-(the gather-and-dot) plus ``select`` for each rule, median of 5. Goal: under one second.
+(the gather-and-dot) plus ``frft_select`` for each rule, median of 5. Goal: under one second.
 
 Refit cycle: the notebook-06 cpu setting: the 00 policy (``models/policy`` when present,
 else random weights of its architecture) sampled on 256 prompts, the log-prob-profile
@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from pluralign.core.frft import RULES, select, similarities
+from pluralign.core.frft import RULES, frft_select, similarities
 from pluralign.data.preferences import PreferenceRecords
 from pluralign.data.text import review_prompts
 from pluralign.training.frft import FilteredRefit, RefitSettings, embed_records
@@ -48,7 +48,7 @@ def bench_selection(n: int = 100_000, d: int = 384, k: int = 2_000, repeats: int
         for r in range(repeats):
             t0 = time.perf_counter()
             s_c, s_r = similarities(gen, prompt_index, chosen, rejected)
-            rows = select(rule, s_c, s_r, k, threshold=0.05, rng=np.random.default_rng(r))
+            rows = frft_select(rule, s_c, s_r, k, threshold=0.05, rng=np.random.default_rng(r))
             times.append(time.perf_counter() - t0)
         print(f"  {rule:7s} {statistics.median(times) * 1000:7.1f} ms  ({rows.size} selected)")
 

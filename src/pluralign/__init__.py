@@ -34,7 +34,7 @@ def __getattr__(name: str) -> Any:
         return ["__version__", *_api.__all__]
     if name not in _api.EXPORTS:
         raise AttributeError(f"module 'pluralign' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_api.EXPORTS[name]), _api.RENAMED.get(name, name))
+    value = getattr(importlib.import_module(_api.EXPORTS[name]), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -41,7 +41,8 @@ EXPORTS: dict[str, str] = {
     "bootstrap_ci": "pluralign.core.stats",
     "headline": "pluralign.core.stats",
 }
-RENAMED: dict[str, str] = {"frft_select": "select"}
+#: Public name -> its name in the defining module, where they differ. Empty: a public name
+#: is defined under that name, so ``help()`` is titled with the name users call.
 
 __all__ = [
     "FilteredRefit",
@@ -81,8 +82,7 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs; not executed
         weighted_mle,
     )
     from pluralign.core.crossfit_em import cross_fitted_hard_em
-    from pluralign.core.frft import select as frft_select
-    from pluralign.core.frft import similarities
+    from pluralign.core.frft import frft_select, similarities
     from pluralign.core.maxmin import Normalizer, aggregate
     from pluralign.core.maxmin_theory import maxmin_policy
     from pluralign.core.mixture import fit_em, run_em, select_n_groups

@@ -5,6 +5,8 @@ from __future__ import annotations
 import choix
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import minimize
 from scipy.special import softmax
 
@@ -269,3 +271,98 @@ def test_sparse_cg_path_solves_the_dense_problem(lam: float, weighted: bool) -> 
     if lam == 0 and not weighted:
         ref = choix.ilsr_pairwise(m, list(zip(win, los, strict=True)), tol=1e-13, max_iter=10_000)
         np.testing.assert_allclose(r - r.mean(), ref - ref.mean(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- boundary checks
+
+
+def test_fit_bt_rejects_a_string_win_matrix_and_accepts_lists() -> None:
+    """np.asarray(P, dtype=float) would parse strings: a P read as text must fail, naming P;
+    nested lists are arrays."""
+    with pytest.raises(ValueError, match="P must hold numbers"):
+        fit_bt(np.array([["0", "1"], ["1", "0"]]))
+    np.testing.assert_array_equal(fit_bt([[0, 1], [2, 0]]), fit_bt(np.array([[0, 1], [2, 0]])))
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (([], [], 3), "winners and losers are empty"),  # was numpy's cast TypeError
+        (([0, 1], [1, 5], 3), r"^losers must be indices in \[0, 3\)"),
+        (([-1, 1], [1, 0], 3), r"^winners must be indices in \[0, 3\)"),
+        (([0, 1], [1, 0], 2.5), "m must be an integer"),
+        ((["0"], ["1"], 2), "winners must be integer indices"),
+    ],
+)
+def test_win_matrix_names_the_bad_argument(args, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        win_matrix(*args)
+
+
+@pytest.mark.parametrize("fn", [objective, gradient, hessian, stationarity_residual])
+def test_rewards_must_match_the_win_matrix(fn) -> None:
+    """r of the wrong length was a numpy broadcast error; NaN r passed through."""
+    with pytest.raises(ValueError, match=r"r must have shape \(2,\) to match P"):
+        fn(np.zeros(3), np.ones((2, 2)), 1.0)
+    with pytest.raises(ValueError, match="r contains NaN"):
+        fn(np.array([0.0, np.nan]), np.ones((2, 2)), 1.0)
+
+
+def test_average_win_rates_checks_r() -> None:
+    with pytest.raises(ValueError, match=r"r must have shape \(2,\)"):
+        average_win_rates([0.0], np.ones((2, 2)))
+
+
+def test_fit_bt_max_iter_must_be_a_positive_integer() -> None:
+    """max_iter = 0 used to run no iteration and blame convergence (a RuntimeError)."""
+    with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
+        fit_bt(np.ones((2, 2)), max_iter=0)
+
+
+# --------------------------------------------------------------------------- properties
+
+PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None)
+
+
+@st.composite
+def win_matrices(draw, connected: bool = True) -> np.ndarray:
+    """Integer win counts among 2-6 alternatives; every pair compared both ways when
+    ``connected`` (so the lam = 0 MLE is finite)."""
+    m = draw(st.integers(2, 6))
+    counts = draw(st.lists(st.integers(0, 5), min_size=m * m, max_size=m * m))
+    P = np.array(counts, dtype=np.float64).reshape(m, m)
+    if connected:
+        P += 1.0
+    np.fill_diagonal(P, 0.0)
+    return P
+
+
+@PROPERTY
+@given(P=win_matrices(), shift=st.floats(-50, 50), lam_zero=st.booleans())
+def test_objective_at_lam_zero_is_shift_invariant_and_fit_bt_fixes_the_gauge(
+    P, shift, lam_zero
+) -> None:
+    """BT likelihoods depend on score differences only: adding a constant changes nothing at
+    lam = 0, and fit_bt's answer is weighted-centred (sum_k w_k r_k = 0) for any lam."""
+    m = P.shape[0]
+    w = np.linspace(0.5, 1.5, m)
+    r = np.linspace(-1.0, 1.0, m)
+    assert objective(r + shift, P, 0.0, w) == pytest.approx(objective(r, P, 0.0, w), rel=1e-9)
+    lam = 0.0 if lam_zero else 0.3
+    fit = fit_bt(P, lam, w)
+    assert abs(w @ fit) < 1e-8 * (1 + np.abs(fit).max())
+
+
+@PROPERTY
+@given(P=win_matrices(), seed=st.integers(0, 2**32 - 1))
+def test_fit_bt_is_equivariant_to_relabelling_the_alternatives(P, seed) -> None:
+    """Renumbering the alternatives renumbers their rewards, nothing else."""
+    perm = np.random.default_rng(seed).permutation(P.shape[0])
+    np.testing.assert_allclose(fit_bt(P[np.ix_(perm, perm)], 0.0), fit_bt(P, 0.0)[perm], atol=1e-7)
+
+
+@PROPERTY
+@given(P=win_matrices(), scale=st.floats(0.1, 10.0))
+def test_fit_bt_at_lam_zero_is_invariant_to_the_scale_of_the_counts(P, scale) -> None:
+    """Counts or fractions: the unregularized MLE depends on win proportions only."""
+    np.testing.assert_allclose(fit_bt(scale * P, 0.0), fit_bt(P, 0.0), atol=1e-7)

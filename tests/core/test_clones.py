@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from scipy.spatial import Voronoi
 
-from pluralign.core.clones import find_clones, voronoi_weights
+from pluralign.core.clones import (
+    fill_zero_weight,
+    find_clones,
+    standard_mle,
+    voronoi_weights,
+    weighted_mle,
+)
 
 N_SAMPLES = 200_000
 
@@ -160,3 +171,85 @@ def test_find_clones_chains_and_rejects_bad_eps():
         find_clones(pts, eps=-0.1)
     with pytest.raises(ValueError, match="points contain NaN"):
         find_clones(np.array([[np.nan]]), eps=1.0)
+
+
+# --------------------------------------------------------------------------- weighted_mle
+
+
+def comparisons(m: int, seed: int = 0) -> np.ndarray:
+    """A win-fraction matrix with every pair compared."""
+    P = np.random.default_rng(seed).uniform(0.2, 0.8, size=(m, m))
+    return P / (P + P.T)
+
+
+def test_weighted_mle_warns_when_points_outside_its_default_box_are_dropped() -> None:
+    """The newcomer's case: points in [0, 10]^2 with the default box [0, 1]^2 leave most cells
+    empty (weights like [0, 1, 0, ...]) and the fit ignores those points: a warning names
+    the box and says how to pass low / high. With the points' own box: no warning."""
+    X = np.random.default_rng(1).uniform(size=(6, 2))
+    P = comparisons(6)
+    with pytest.warns(UserWarning, match=r"outside the box .*\[0, 1\]\^2.*low=.*high="):
+        _, w = weighted_mle(X * 10, P, lam=0.1, n_samples=20_000)
+    assert np.sum(w == 0) >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, w = weighted_mle(
+            X * 10, P, lam=0.1, low=X.min(0) * 10, high=X.max(0) * 10, n_samples=20_000
+        )
+        _, w_none = weighted_mle(X * 10, P, lam=0.1, low=None, high=None, n_samples=20_000)
+        weighted_mle(X, P, lam=0.1, n_samples=20_000)  # inside [0, 1]^2: silent
+    assert np.all(w > 0)
+    np.testing.assert_array_equal(w, w_none)  # None: voronoi_weights' bounding box
+
+
+def test_weighted_mle_needs_one_point_per_alternative() -> None:
+    """A points / P mismatch used to be blamed on the Voronoi weights."""
+    with pytest.raises(ValueError, match=r"points has 3 rows but P is \(4, 4\)"):
+        weighted_mle(np.eye(3), comparisons(4), lam=0.1, n_samples=1_000)
+    with pytest.raises(ValueError, match="P must be a 2-D"):
+        weighted_mle(np.eye(3), np.ones(3), lam=0.1, n_samples=1_000)
+
+
+def test_standard_mle_and_fill_zero_weight_check_shapes() -> None:
+    """A scalar P was an IndexError; mismatched r / P / weights a numpy index error."""
+    with pytest.raises(ValueError, match="P must be a 2-D"):
+        standard_mle(1.0, 0.1)
+    with pytest.raises(ValueError, match=r"r \(3,\), P \(2, 2\) and weights \(2,\)"):
+        fill_zero_weight(np.zeros(3), comparisons(2), 0.1, np.ones(2))
+    with pytest.raises(ValueError, match="weights must be non-negative and not all zero"):
+        fill_zero_weight(np.zeros(2), comparisons(2), 0.1, np.zeros(2))
+    with pytest.raises(ValueError, match="lam must be"):
+        fill_zero_weight(np.zeros(2), comparisons(2), -1.0, np.array([1.0, 0.0]))
+
+
+def test_points_as_text_are_rejected_and_lists_accepted() -> None:
+    with pytest.raises(ValueError, match="points must hold numbers"):
+        voronoi_weights(np.array([["0.1", "0.2"], ["0.5", "0.9"]]))
+    np.testing.assert_array_equal(
+        voronoi_weights([[0.1, 0.2], [0.5, 0.9]], n_samples=500),
+        voronoi_weights(np.array([[0.1, 0.2], [0.5, 0.9]]), n_samples=500),
+    )
+
+
+# --------------------------------------------------------------------------- properties
+
+PROPERTY = settings(max_examples=40, deadline=None, derandomize=True, database=None)
+
+
+@PROPERTY
+@given(
+    pts=st.integers(1, 3).flatmap(
+        lambda d: arrays(np.float64, st.tuples(st.integers(1, 8), st.just(d)),
+                         elements=st.floats(-5, 5, width=32))
+    ),
+    seed=st.integers(0, 1000),
+)  # fmt: skip
+def test_voronoi_weights_are_a_distribution_that_splits_duplicates(pts, seed) -> None:
+    """Any points (duplicates included): weights are >= 0 and sum to 1, and exact
+    duplicates get equal weight."""
+    w = voronoi_weights(pts, low=-6.0, high=6.0, n_samples=2_000, seed=seed)
+    assert w.shape == (pts.shape[0],) and np.all(w >= 0)
+    assert w.sum() == pytest.approx(1.0, abs=1e-12)
+    _, inverse = np.unique(pts, axis=0, return_inverse=True)
+    for group in np.unique(inverse):
+        assert np.ptp(w[inverse.ravel() == group]) == 0

@@ -8,11 +8,15 @@ the selection rules, per-record loops, hand values and binomial tolerances.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
-from pluralign.core.frft import RULES, quantile_threshold, select, similarities, top_k
+from pluralign.core.frft import RULES, frft_select, quantile_threshold, similarities, top_k
 
 
 def binomial_ok(hits: int, n: int, p: float, z: float = 4.0) -> bool:
@@ -40,7 +44,7 @@ def ref_select(rule: str, s_c, s_r, k: int, tau: float) -> list[int]:
     return ref_top_k(s_c, k)  # P4
 
 
-# --------------------------------------------------------------------------- top_k / select
+# --------------------------------------------------------------------------- top_k / frft_select
 
 
 def test_rules_are_the_papers_four_and_the_random_control() -> None:
@@ -82,39 +86,44 @@ def test_select_rules_match_their_definitions(rule: str) -> None:
         s_c = rng.integers(0, 5, size=n) / 4.0
         s_r = rng.integers(0, 5, size=n) / 4.0
         for k in range(1, n + 2):
-            got = select(rule, s_c, s_r, k, threshold=0.5)
-            assert got.tolist() == ref_select(rule, s_c, s_r, k, 0.5), (s_c, s_r, k)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got = frft_select(rule, s_c, s_r, k, threshold=0.5)
+            want = ref_select(rule, s_c, s_r, k, 0.5)
+            assert got.tolist() == want, (s_c, s_r, k)
+            assert len(caught) == (rule == "P1" and not want), caught  # warns iff P1 is empty
 
 
 def test_p1_threshold_is_strict_on_both_similarities() -> None:
     """P1 keeps only records with s_c > tau and s_r > tau (equality excluded)."""
     s_c = np.array([0.9, 0.8, 0.95, 0.99, 0.85])
     s_r = np.array([0.9, 0.99, 0.7, 0.81, 0.86])
-    assert select("P1", s_c, s_r, 10, threshold=0.8).tolist() == [0, 3, 4]
-    assert select("P1", s_c, s_r, 2, threshold=0.8).tolist() == [0, 3]  # 1.8 and 1.8 > 1.71
+    assert frft_select("P1", s_c, s_r, 10, threshold=0.8).tolist() == [0, 3, 4]
+    assert frft_select("P1", s_c, s_r, 2, threshold=0.8).tolist() == [0, 3]  # 1.8 and 1.8 > 1.71
 
 
 def test_p2_respects_the_budget_for_odd_k() -> None:
     """P2's union has at most k records: ceil(k/2) by s_c and floor(k/2) by s_r."""
     s_c = np.array([3.0, 2.0, 1.0, 0.0])
     s_r = np.array([0.0, 1.0, 2.0, 3.0])
-    assert select("P2", s_c, s_r, 3).size <= 3
+    assert frft_select("P2", s_c, s_r, 3).size <= 3
 
 
 def test_random_rule_is_a_reproducible_sample_without_repeats() -> None:
     """random: min(k, n) distinct sorted indices, fixed by the rng seed, varying with it."""
     s = np.zeros(50)
-    a = select("random", s, s, 10, rng=np.random.default_rng(3))
+    a = frft_select("random", s, s, 10, rng=np.random.default_rng(3))
     assert a.size == 10 and np.unique(a).size == 10 and np.all(np.diff(a) > 0)
     assert a.min() >= 0 and a.max() < 50
-    assert np.array_equal(a, select("random", s, s, 10, rng=np.random.default_rng(3)))
-    assert not np.array_equal(a, select("random", s, s, 10, rng=np.random.default_rng(4)))
-    assert select("random", s[:4], s[:4], 10, rng=np.random.default_rng(0)).tolist() == [0, 1, 2, 3]
+    assert np.array_equal(a, frft_select("random", s, s, 10, rng=np.random.default_rng(3)))
+    assert not np.array_equal(a, frft_select("random", s, s, 10, rng=np.random.default_rng(4)))
+    few = frft_select("random", s[:4], s[:4], 10, rng=np.random.default_rng(0))
+    assert few.tolist() == [0, 1, 2, 3]
     # uniform: every index is drawn about k/n of the time
     counts = np.zeros(50)
     rng = np.random.default_rng(5)
     for _ in range(2000):
-        counts[select("random", s, s, 10, rng=rng)] += 1
+        counts[frft_select("random", s, s, 10, rng=rng)] += 1
     assert all(binomial_ok(int(c), 2000, 0.2, z=5) for c in counts)
 
 
@@ -122,13 +131,13 @@ def test_select_rejects_bad_arguments() -> None:
     """Unknown rule, k < 1, random without rng, s_c / s_r of different shapes."""
     s = np.zeros(4)
     with pytest.raises(ValueError, match="unknown selection rule"):
-        select("P5", s, s, 2)
+        frft_select("P5", s, s, 2)
     with pytest.raises(ValueError, match="k must be >= 1"):
-        select("P4", s, s, 0)
+        frft_select("P4", s, s, 0)
     with pytest.raises(ValueError, match="needs an rng"):
-        select("random", s, s, 2)
+        frft_select("random", s, s, 2)
     with pytest.raises(ValueError, match="one entry per record"):
-        select("P3", s, np.zeros(5), 2)
+        frft_select("P3", s, np.zeros(5), 2)
 
 
 # --------------------------------------------------------------------------- P1's quantile
@@ -183,7 +192,7 @@ def test_p1_without_a_threshold_selects_the_top_k_of_the_smaller_similarity() ->
         s_c, s_r = rng.normal(size=n), rng.normal(size=n)
         both = np.minimum(s_c, s_r)
         for k in range(1, n + 2):
-            got = select("P1", s_c, s_r, k, threshold=None)
+            got = frft_select("P1", s_c, s_r, k, threshold=None)
             assert got.tolist() == ref_top_k(both, k), (s_c, s_r, k)
     for _ in range(300):
         n = int(rng.integers(1, 12))
@@ -194,7 +203,7 @@ def test_p1_without_a_threshold_selects_the_top_k_of_the_smaller_similarity() ->
             cut = max(v for v in both if sum(b >= v for b in both) >= min(k, n))
             eligible = [b >= cut for b in both]
             want = ref_top_k([c + r for c, r in zip(s_c, s_r, strict=True)], k, eligible)
-            got = select("P1", s_c, s_r, k, threshold=None)
+            got = frft_select("P1", s_c, s_r, k, threshold=None)
             assert got.tolist() == want, (s_c, s_r, k)
             assert got.size == min(k, n)
 
@@ -219,3 +228,145 @@ def test_similarities_match_a_per_record_cosine_loop() -> None:
         for resp, s in ((chosen[i], s_c[i]), (rejected[i], s_r[i])):
             r = resp.astype(np.float64)
             assert s == pytest.approx(g @ r / np.linalg.norm(g) / np.linalg.norm(r), abs=1e-6)
+
+
+# --------------------------------------------------------------------------- boundary checks
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int = 8) -> np.ndarray:
+    x = rng.normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_frft_select_takes_lists_and_names_bad_similarities() -> None:
+    """A list was an AttributeError ('list' has no 'shape'); NaN passed through; an empty
+    set of records returned [] silently."""
+    assert frft_select("P4", [0.1, 0.5, 0.3], [0.2, 0.1, 0.4], 2).tolist() == [1, 2]
+    with pytest.raises(ValueError, match="s_c contains NaN"):
+        frft_select("P4", [0.1, np.nan], [0.2, 0.1], 1)
+    with pytest.raises(ValueError, match="s_r contains NaN"):
+        frft_select("P1", [0.1, 0.2], [np.nan, 0.1], 1, threshold=None)
+    with pytest.raises(ValueError, match="s_c is empty"):
+        frft_select("P3", [], [], 1)
+    with pytest.raises(ValueError, match=r"s_c must be a 1-D \(n,\) array"):
+        frft_select("P3", np.zeros((2, 2)), np.zeros((2, 2)), 1)
+    with pytest.raises(ValueError, match="k must be an integer"):
+        frft_select("P4", [0.1, 0.2], [0.1, 0.2], 1.5)
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        frft_select("P1", [0.1, 0.2], [0.1, 0.2], 1, threshold=float("nan"))
+
+
+def test_p1_warns_when_its_threshold_selects_nothing() -> None:
+    """The paper's 0.8 on another encoder's scale: the empty selection is said, with the fix."""
+    s_c, s_r = np.array([0.1, 0.3, 0.2]), np.array([0.2, 0.25, 0.05])
+    with pytest.warns(UserWarning, match=r"selected no record.*threshold=None.*quantile_threshold"):
+        assert frft_select("P1", s_c, s_r, 2).tolist() == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert frft_select("P1", s_c, s_r, 2, threshold=None).tolist() == [0, 1]
+
+
+def test_quantile_threshold_checks_its_budget_and_shapes() -> None:
+    """k = 0 indexed the sorted values at -1 (the smallest) and returned a threshold."""
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
+        quantile_threshold(np.ones(3), np.ones(3), 0)
+    with pytest.raises(ValueError, match="one entry per record"):
+        quantile_threshold(np.ones(3), np.ones(2), 1)
+
+
+def test_similarities_reject_embeddings_that_are_not_unit_norm() -> None:
+    """Cosines of 3.05 from unnormalized rows were returned silently; float32 unit rows
+    (norm off by ~1e-7) and all-zero rows (what the embedder leaves unnormalized) pass."""
+    rng = np.random.default_rng(0)
+    gen, ch, rj = unit_rows(rng, 3), unit_rows(rng, 5), unit_rows(rng, 5)
+    idx = np.array([0, 1, 2, 0, 1])
+    with pytest.raises(ValueError, match=r"chosen_emb must have unit-norm rows.*row 2 has norm 2"):
+        similarities(gen, idx, ch * np.array([[1], [1], [2], [1], [1]]), rj)
+    with pytest.raises(ValueError, match="generation_emb must have unit-norm rows"):
+        similarities(gen * (1 + 1e-5), idx, ch, rj)
+    similarities(gen * (1 + 1e-7), idx, ch, rj)  # within the 1e-6 tolerance
+    similarities(gen.astype(np.float32), idx, ch.astype(np.float32), rj.astype(np.float32))
+    rj[3] = 0.0
+    assert similarities(gen, idx, ch, rj)[1][3] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"prompt_index": [0, 1, 3, 0, 1]}, r"prompt_index must be indices in \[0, 3\)"),
+        ({"prompt_index": [0, 1, -1, 0, 1]}, r"prompt_index must be indices in \[0, 3\)"),
+        ({"prompt_index": [0, 1, 2]}, "prompt_index has 3 entries but chosen_emb has 5"),
+        ({"prompt_index": [0.0, 1, 2, 0, 1]}, "prompt_index must be integer indices"),
+        ({"generation_emb": "d6"}, "generation_emb has dimension d=6 but chosen_emb has d=8"),
+        ({"rejected_emb": "short"}, r"rejected_emb must have the shape of chosen_emb \(5, 8\)"),
+        ({"rejected_emb": "nan"}, "rejected_emb contains NaN or inf"),
+        ({"chosen_emb": "1d"}, r"chosen_emb must be a 2-D \(n, d\) array"),
+    ],
+)
+def test_similarities_name_the_bad_argument(change, match) -> None:
+    """Out-of-range indices were a bare IndexError (negative ones wrapped around silently),
+    a dimension mismatch a numpy broadcast error, NaN passed through."""
+    rng = np.random.default_rng(1)
+    args = {
+        "generation_emb": unit_rows(rng, 3),
+        "prompt_index": [0, 1, 2, 0, 1],
+        "chosen_emb": unit_rows(rng, 5),
+        "rejected_emb": unit_rows(rng, 5),
+    }
+    special = {
+        "d6": unit_rows(rng, 3, d=6),
+        "short": unit_rows(rng, 4),
+        "nan": np.where(np.arange(8) == 2, np.nan, unit_rows(rng, 5)),
+        "1d": unit_rows(rng, 1)[0],
+    }
+    for key, value in change.items():
+        args[key] = special.get(value, value) if isinstance(value, str) else value
+    with pytest.raises(ValueError, match=match):
+        similarities(**args)
+
+
+def test_similarities_take_lists() -> None:
+    """A list of embeddings was a TypeError (list indices)."""
+    g = [[1.0, 0.0], [0.0, 1.0]]
+    s_c, s_r = similarities(g, [1, 0], [[0.0, 1.0], [0.6, 0.8]], [[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(s_c, [1.0, 0.6])
+    np.testing.assert_allclose(s_r, [0.0, 0.0])
+
+
+# --------------------------------------------------------------------------- properties
+
+PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)
+SIMS = st.integers(1, 30).flatmap(
+    lambda n: st.tuples(
+        *(arrays(np.float64, n, elements=st.floats(-1, 1, width=16)) for _ in range(2))
+    )
+)
+
+
+@PROPERTY
+@given(sims=SIMS, k=st.integers(1, 40), rule=st.sampled_from(["P1", "P2", "P3", "P4"]))
+def test_selections_are_subsets_of_the_records_within_budget(sims, k, rule) -> None:
+    """Every rule returns sorted distinct record indices, at most k of them; P1 (quantile
+    threshold), P3 and P4 exactly min(k, n), P2 at least the ceil(k / 2) it takes by s_c."""
+    s_c, s_r = sims
+    n = s_c.size
+    got = frft_select(rule, s_c, s_r, k, threshold=None)
+    assert got.dtype.kind == "i" and np.all(np.diff(got) > 0)
+    assert got.size == 0 or (got.min() >= 0 and got.max() < n)
+    assert got.size <= k
+    if rule == "P2":
+        assert min(math.ceil(k / 2), n) <= got.size <= min(k, n)
+    else:
+        assert got.size == min(k, n)
+
+
+@PROPERTY
+@given(sims=SIMS, k=st.integers(1, 40), tau=st.floats(-1, 1))
+def test_p1_with_a_threshold_keeps_only_records_above_it_on_both(sims, k, tau) -> None:
+    s_c, s_r = sims
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # empty selections warn (tested above)
+        got = frft_select("P1", s_c, s_r, k, threshold=tau)
+    passing = np.flatnonzero((s_c > tau) & (s_r > tau))
+    assert set(got.tolist()) <= set(passing.tolist())
+    assert got.size == min(k, passing.size)

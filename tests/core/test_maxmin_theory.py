@@ -6,6 +6,9 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from scipy.optimize import minimize
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
@@ -308,3 +311,64 @@ def test_bad_inputs_name_the_field():
         group_utilities([0.5, 0.6, -0.1], R, ref, 1.0)
     with pytest.raises(ValueError, match="n_iter"):
         maxmin_policy(R, ref, 1.0, n_iter=0)
+
+
+def test_transposed_rewards_are_blamed_on_rewards_not_pi_ref():
+    """rewards (n, K) instead of (K, n): the message named pi_ref ("must have 2 entries")."""
+    R = np.array([[0.0, 1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0, 0.0]])  # (K=2, n=5)
+    ref = np.full(5, 0.2)
+    with pytest.raises(
+        ValueError, match=r"^rewards must be a \(K groups, n responses\).*transposed"
+    ):
+        maxmin_policy(R.T, ref, 1.0)
+    with pytest.raises(ValueError, match=r"^rewards must be .*rewards\.T"):
+        group_utilities(ref, R.T, ref, 1.0)
+    with pytest.raises(ValueError, match="rewards must hold numbers"):
+        maxmin_policy(R.astype(str), ref, 1.0)
+
+
+def test_kl_divergence_checks_its_distributions():
+    """Mismatched lengths were a numpy index error; q = 0 under p > 0 returned inf."""
+    with pytest.raises(ValueError, match="p and q must have the same shape"):
+        kl_divergence([0.5, 0.5], [0.2, 0.3, 0.5])
+    with pytest.raises(ValueError, match="q must be > 0 wherever p > 0"):
+        kl_divergence([0.5, 0.5], [1.0, 0.0])
+    with pytest.raises(ValueError, match="p contains NaN"):
+        kl_divergence([np.nan, 1.0], [0.5, 0.5])
+    assert kl_divergence([1.0, 0.0], [0.5, 0.5]) == pytest.approx(np.log(2))
+
+
+def test_preference_tv_and_bounds_name_their_arguments():
+    psi, phi_min, phi_maj, _ = planted()
+    with pytest.raises(ValueError, match=r"phi_u must have shape \(3,\) to match psi"):
+        preference_tv(phi_min[:2], phi_maj, psi)  # was a numpy vstack error
+    with pytest.raises(ValueError, match="eps must be a finite number in \\[0, 1\\]"):
+        impossibility_bounds(2.0, 0.2, 1.0, psi)  # a TV distance is at most 1
+    with pytest.raises(ValueError, match="eta must be a finite number"):
+        impossibility_bounds(0.2, float("nan"), 1.0, psi)
+
+
+PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None)
+
+
+@PROPERTY
+@given(
+    R=st.tuples(st.integers(1, 3), st.integers(2, 5)).flatmap(
+        lambda shape: arrays(np.float64, shape, elements=st.floats(-2, 2, width=16))
+    ),
+    beta=st.sampled_from([0.3, 1.0, 3.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_maxmin_policy_ignores_the_order_of_groups_and_beats_each_single_reward(R, beta, seed):
+    """The MaxMin value min_u J_u(pi) does not depend on how the groups are numbered, and no
+    single group's KL-optimal policy has a better worst case."""
+    n = R.shape[1]
+    ref = np.full(n, 1.0 / n)
+    pi, _, _ = maxmin_policy(R, ref, beta)
+    perm = np.random.default_rng(seed).permutation(R.shape[0])
+    pi_p, _, _ = maxmin_policy(R[perm], ref, beta)
+    worst = group_utilities(pi, R, ref, beta).min()
+    assert group_utilities(pi_p, R, ref, beta).min() == pytest.approx(worst, abs=1e-8)
+    for r in R:
+        single = kl_regularized_policy(r, ref, beta)
+        assert group_utilities(single, R, ref, beta).min() <= worst + 1e-8

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import minimize
 from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
@@ -12,7 +16,9 @@ from sklearn.metrics import adjusted_rand_score
 from pluralign.core import mixture
 from pluralign.core.bradley_terry import fit_bt, win_matrix
 from pluralign.core.mixture import (
+    EMResult,
     fit_em,
+    hard_e_step,
     log_sigmoid,
     run_em,
     select_n_groups,
@@ -58,6 +64,28 @@ def test_soft_em_never_decreases_penalized_log_likelihood(seed):
     ll = np.array(res.log_likelihood)
     assert ll.size >= 10
     assert np.all(np.diff(ll) >= -1e-10 * np.abs(ll[1:]))
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, database=None)
+@given(
+    K=st.integers(1, 3),
+    n_users=st.integers(3, 12),
+    per_user=st.integers(1, 8),
+    lam=st.sampled_from([1e-3, 1e-2, 1.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_soft_em_objective_never_decreases_on_any_data(K, n_users, per_user, lam, seed):
+    """EM's monotonicity as a property: any users (few comparisons, labels unrelated to any
+    group structure), any K <= users, any ridge."""
+    rng = np.random.default_rng(seed)
+    K = min(K, n_users)
+    ch, rj = rng.normal(size=(2, n_users * per_user, 3))
+    users = np.repeat(np.arange(n_users), per_user)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # an n_iter cap may warn; not the point
+        res = fit_em(ch, rj, users, K, hard=False, tol=0.0, n_iter=15, lam=lam)
+    ll = np.array(res.log_likelihood)
+    assert np.all(np.diff(ll) >= -1e-9 * (1 + np.abs(ll[1:])))
 
 
 @pytest.mark.parametrize("hard", [True, False])
@@ -374,3 +402,44 @@ def test_fit_em_records_its_initial_assignment():
     restarts = [fit_em(ch, rj, u, 3, n_restarts=4, seed=s) for s in range(3)]
     for r in restarts:
         assert sorted(r.initial.tolist()) == sorted((np.arange(12) % 3).tolist())
+
+
+# --------------------------------------------------------------------------- the hard E-step rule
+
+
+def test_hard_assign_is_argmax_s_even_against_unequal_shares():
+    """A hard fit with shares 0.75 / 0.25: user 3's S favours group 1 by 0.5 nats, less than
+    log 3, so the MAP rule (argmax log pi + S) would say group 0. Hard EM assigns by argmax S
+    and ``assign`` must do the same for these (or held-out) users (mutant M08)."""
+    theta = np.array([[1.0], [-1.0]])  # (K=2, d=1): margin z under group 0, -z under group 1
+    res = EMResult(
+        user_ids=np.arange(4),
+        assignment=np.array([0, 0, 0, 1]),
+        responsibilities=np.eye(2)[[0, 0, 0, 1]],
+        theta=theta,
+        weights=np.array([0.75, 0.25]),
+        log_likelihood=[0.0],
+        n_iter=1,
+        converged=True,
+        hard=True,
+    )
+    z = np.array([[3.0], [3.0], [2.0], [3.0], [-0.5]])  # chosen - rejected per comparison
+    users = np.array([0, 0, 1, 2, 3])
+    S = user_log_likelihoods(z @ theta.T, users, np.ones(5), 4)  # (4, 2)
+    assert 0 < S[3, 1] - S[3, 0] < np.log(3)  # argmax S and the MAP group disagree
+    assert np.argmax(S[3] + np.log(res.weights)) == 0
+    ids, groups = res.assign(z, np.zeros_like(z), users)
+    np.testing.assert_array_equal(ids, np.arange(4))
+    np.testing.assert_array_equal(groups, hard_e_step(S, np.bincount(users)))
+    np.testing.assert_array_equal(groups, [0, 0, 0, 1])
+    _, held_out = res.assign(z[-1:], np.zeros((1, 1)), ["new"])
+    assert held_out.tolist() == [1]
+
+
+def test_an_emptied_group_is_reseeded_with_the_worst_fit_user():
+    """Every user prefers group 0, emptying group 1; the user moved there is the one with the
+    lowest mean log-likelihood per comparison under its group: user 2 (-1.5), not the lowest
+    total (user 1: -6 over 10 comparisons) nor the best fit (user 3) (mutant M09)."""
+    S = np.array([[-1.0, -50.0], [-6.0, -50.0], [-3.0, -50.0], [-0.5, -50.0]])
+    counts = np.array([1, 10, 2, 1])  # means under group 0: -1, -0.6, -1.5, -0.5
+    np.testing.assert_array_equal(hard_e_step(S, counts), [0, 0, 1, 0])

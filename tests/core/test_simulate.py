@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.special import expit
 
 from pluralign.core import simulate
@@ -329,3 +331,61 @@ def test_label_pairs_validates():
         label_pairs(gt_a, gt_b, [1, 1], 7, 1.0, 0)
     with pytest.raises(ValueError, match="beta"):
         label_pairs(gt_a, gt_b, [1, 1], 2, 0.0, 0)
+
+
+# --------------------------------------------------------------------------- boundary checks
+
+
+def test_bt_outcomes_rejects_nan_margins():
+    """A NaN margin made sigma NaN and every such comparison a silent loss for a."""
+    with pytest.raises(ValueError, match="margin contains NaN"):
+        bt_outcomes(np.array([0.1, np.nan]), 1.0, np.random.default_rng(0))
+
+
+def test_label_pairs_rejects_non_finite_ground_truth():
+    gt_a, gt_b = _gt(n_pairs=6, K=2)
+    gt_b[3, 1] = np.nan
+    with pytest.raises(ValueError, match="gt_b contains NaN or inf"):
+        label_pairs(gt_a, gt_b, [1, 1], 2, 1.0, 0)
+    with pytest.raises(ValueError, match="gt_a must hold numbers"):
+        label_pairs(gt_a.astype(str), gt_a, [1, 1], 2, 1.0, 0)
+
+
+def test_simulate_users_names_a_non_integer_count_and_text_rewards():
+    with pytest.raises(ValueError, match="comparisons per user must be an integer"):
+        simulate_users(_rewards(m=4), [1, 1, 1], 2.5, 1.0, 0)  # was numpy's TypeError
+    with pytest.raises(ValueError, match="rewards must hold numbers"):
+        simulate_users(_rewards(m=4).astype(str), [1, 1, 1], 2, 1.0, 0)  # strings were parsed
+
+
+PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)
+
+
+@PROPERTY
+@given(
+    shares=st.lists(st.floats(0.01, 1.0), min_size=1, max_size=6),
+    extra=st.integers(0, 200),
+)
+def test_users_per_group_fills_every_group_and_sums_to_the_total(shares, extra):
+    shares = np.array(shares) / np.sum(shares)
+    n_users = len(shares) + extra
+    counts = users_per_group(n_users, shares)
+    assert sum(counts) == n_users and min(counts) >= 1 and len(counts) == len(shares)
+
+
+@PROPERTY
+@given(
+    counts=st.lists(st.integers(0, 3), min_size=1, max_size=3).filter(lambda c: sum(c) > 0),
+    per_user=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_simulated_comparisons_are_distinct_pairs_of_the_users_own_group(counts, per_user, seed):
+    """Each user compares per_user distinct unordered pairs of distinct texts; users are
+    numbered group by group."""
+    sim = simulate_users(_rewards(m=4, seed=1)[:, : len(counts)], counts, per_user, 1.0, seed)
+    assert np.all(sim.chosen != sim.rejected)
+    assert sim.user_group.tolist() == np.repeat(np.arange(len(counts)), counts).tolist()
+    for u in np.unique(sim.user):
+        rows = sim.user == u
+        pairs = {frozenset(p) for p in zip(sim.chosen[rows], sim.rejected[rows], strict=True)}
+        assert rows.sum() == per_user and len(pairs) == per_user

@@ -14,6 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from pluralign.core.stats import (
     bootstrap_ci,
@@ -325,3 +328,84 @@ def test_updates_to_target():
     assert math.isnan(updates_to_target(curve, 0.95))
     other = curve.rename(columns={"gt": "reward"})
     assert updates_to_target(other, 0.45, value="reward") == 2.0
+
+
+# --------------------------------------------------------------------------- boundary checks
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (([0.1, np.nan, 0.3], 100, 0), "values contain NaN or inf: drop them"),  # was NaN CI
+        (([0.1, 0.2], 0, 0), "n_boot must be an integer >= 1"),
+        (([0.1, 0.2], 10.5, 0), "n_boot must be an integer"),
+        (([0.1, 0.2], 100, 0, 1.5), r"^level must be a finite number in \(0, 1\)"),
+        ((np.array(["0.1", "0.2"]), 100, 0), "values must hold numbers"),
+    ],
+)
+def test_bootstrap_ci_names_the_bad_argument(args, match):
+    with pytest.raises(ValueError, match=match):
+        bootstrap_ci(*args)
+
+
+def test_mean_ci_rejects_empty_and_nan_values():
+    """An empty list gave NaN with a RuntimeWarning; NaN a NaN interval."""
+    with pytest.raises(ValueError, match="values is empty"):
+        mean_ci([])
+    with pytest.raises(ValueError, match="values contains NaN"):
+        mean_ci([0.1, np.nan])
+
+
+def test_win_rates_need_the_same_group_columns():
+    """Columns in another order were compared position by position, silently."""
+    a = pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 0.0]})
+    with pytest.raises(ValueError, match="gt_policy and gt_ref must have the same rows and group"):
+        win_rates(a, a[["y", "x"]])
+    with pytest.raises(ValueError, match="gt_policy and gt_ref must have the same rows"):
+        win_rates(a, a.iloc[:1])
+    with pytest.raises(ValueError, match="contains NaN"):
+        win_rates(a, a.where(a > 1))
+
+
+def test_pair_accuracy_checks_lengths():
+    gt = pd.DataFrame({"g": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match=r"reward_a \(2,\) and reward_b \(3,\) must have one"):
+        pair_accuracy(np.zeros(2), np.zeros(3), gt, gt)
+    with pytest.raises(ValueError, match="gt_a and gt_b must have the same rows"):
+        pair_accuracy(np.zeros(3), np.zeros(3), gt, gt.iloc[:2])
+
+
+def test_headline_and_gains_name_the_bad_input():
+    with pytest.raises(ValueError, match="outcomes is empty"):
+        headline({}, 10, 0)
+    with pytest.raises(ValueError, match=r"outcomes\['m'\]\['g'\] must be win outcomes in"):
+        headline({"m": {"g": np.array([0.0, 2.0])}}, 10, 0)
+    with pytest.raises(ValueError, match=r"outcomes\['m'\]\['g'\] contains NaN"):
+        headline({"m": {"g": np.array([0.0, np.nan])}}, 10, 0)
+    table = headline({"a": {"g": np.array([0.0, 1.0])}}, 10, 0)
+    with pytest.raises(ValueError, match="new='b' is not a method of the table"):
+        gains(table, "a", "b")  # was a KeyError
+
+
+def test_column_stats_rejects_text():
+    with pytest.raises(ValueError, match="values must hold numbers"):
+        column_stats(np.array(["1", "2", "3"]))
+
+
+PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None)
+
+
+@PROPERTY
+@given(
+    gt=st.tuples(st.integers(1, 10), st.integers(1, 3)).flatmap(
+        lambda shape: st.tuples(
+            *(arrays(np.float64, shape, elements=st.integers(-3, 3).map(float)) for _ in range(2))
+        )
+    )
+)
+def test_win_rates_are_antisymmetric(gt):
+    """Outcomes are 0, 0.5 or 1 and swapping the two sides turns wins into losses."""
+    a, b = (pd.DataFrame(x, columns=[f"g{j}" for j in range(x.shape[1])]) for x in gt)
+    ab, ba = win_rates(a, b), win_rates(b, a)
+    assert set(np.unique(ab.to_numpy())) <= {0.0, 0.5, 1.0}
+    np.testing.assert_array_equal(ab.to_numpy() + ba.to_numpy(), 1.0)

@@ -913,6 +913,37 @@ def test_claims_subset_judged_on_its_own_positive_control() -> None:
     assert out["rules_competitive_subset"] == "P1"  # reported, not judged
 
 
+def test_claims_judge_a_rule_on_its_ci_not_its_point_estimate() -> None:
+    """frft_P2 above vanilla and random on average (+0.033) but only in one seed of three
+    (+0.3, -0.1, -0.1 per seed, the same on every prompt): the seed-level CI reaches below 0,
+    so the rule does not pass and claim 1 is not reproduced, though the point estimates are
+    positive (mutant M27: a verdict on the point estimate). The oracle filter gives power."""
+    seeds, n_prompts = (0, 1, 2), 40
+    base = np.random.default_rng(0).random((len(seeds), n_prompts))
+    rule_offset = np.array([[0.3], [-0.1], [-0.1]])  # per seed
+    truth = {"vanilla": base, "random": base.copy(), "oracle_filter": base + 0.3}
+    truth |= {f"frft_{r}": base.copy() for r in ("P1", "P3", "P4")}
+    truth["frft_P2"] = base + rule_offset
+    final = pd.concat(
+        [
+            pd.DataFrame({"run": run, "seed": np.repeat(seeds, n_prompts),
+                          "prompt": np.tile(np.arange(n_prompts), len(seeds)), "truth": t.ravel()})
+            for run, t in truth.items()
+        ],
+        ignore_index=True,
+    )  # fmt: skip
+    out = claims(final, synthetic_speeds("frft_P2"), SUBSET, RULES4, 0.03, n_boot=300, seed=0)
+    assert out["power"] == 1
+    for base_run in ("vanilla", "random"):
+        assert out[f"frft_P2_minus_{base_run}"] == pytest.approx(0.1 / 3)  # positive ...
+        assert out[f"frft_P2_minus_{base_run}_seeds_positive"] == 1  # ... in one seed of 3
+        assert out[f"frft_P2_minus_{base_run}_lo"] < 0  # the CI over seeds covers 0
+    assert out["frft_P2_beats_vanilla_and_random"] == 0
+    assert out["rules_beating_vanilla"] == "none"
+    assert out["claim_beats_vanilla"] == "not reproduced"
+    assert out["claim_faster"] == "not reproduced"
+
+
 def test_claims_without_a_positive_control_say_so() -> None:
     """No oracle filter arm (records without the truth's labeler, the paper path): no power
     entry and each PPO verdict carries "(no positive control)"."""

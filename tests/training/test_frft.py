@@ -22,7 +22,7 @@ from datasets import Dataset
 from helpers import tiny_gpt2
 
 import pluralign.training.frft as training_frft
-from pluralign.core.frft import select
+from pluralign.core.frft import frft_select
 from pluralign.data.preferences import PreferenceRecords
 from pluralign.pipeline.assets import load_gpt2_tokenizer
 from pluralign.training import ppo
@@ -276,7 +276,7 @@ def test_select_records_random_and_similarity_rules(tok) -> None:
         for threshold in (None, 0.1):
             settings = RefitSettings(rule, 5, 1, threshold)
             got = select_records(settings, rec, s_c, s_r, np.random.default_rng(0))
-            want = select(rule, s_c, s_r, 5, threshold)
+            want = frft_select(rule, s_c, s_r, 5, threshold)
             assert np.array_equal(got, want), (rule, threshold)
     with pytest.raises(ValueError, match="needs the similarities"):
         select_records(RefitSettings("P3", 2, 1), rec, None, None, np.random.default_rng(0))

@@ -30,13 +30,15 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.sparse.csgraph import connected_components
 from scipy.special import expit
 
+from pluralign.core._checks import float_array, index_array, integer
+
 FloatArray = NDArray[np.float64]
 #: Win matrix: ``P[i, j]`` = fraction (or count) of i-vs-j comparisons won by i; shape (m, m).
 WinMatrix = FloatArray
 
 
 def _check_P(P: ArrayLike) -> FloatArray:
-    P = np.asarray(P, dtype=np.float64)
+    P = float_array(P, "P", allow_empty=True, finite=False)  # numbers only: no string P
     if P.ndim != 2 or P.shape[0] != P.shape[1]:
         raise ValueError(f"P must be a square (m, m) array, got shape {P.shape}")
     if P.shape[0] == 0:
@@ -51,7 +53,7 @@ def _check_P(P: ArrayLike) -> FloatArray:
 def _check_weights(weights: ArrayLike | None, m: int) -> FloatArray:
     if weights is None:
         return np.ones(m)
-    w = np.asarray(weights, dtype=np.float64)
+    w = float_array(weights, "weights", allow_empty=True, finite=False)
     if w.shape != (m,):
         raise ValueError(f"weights must have shape ({m},) to match P, got {w.shape}")
     if not np.all(np.isfinite(w)):
@@ -61,6 +63,15 @@ def _check_weights(weights: ArrayLike | None, m: int) -> FloatArray:
     if not np.any(w > 0):
         raise ValueError("weights are all zero: at least one alternative needs positive weight")
     return w
+
+
+def _check_r(r: ArrayLike, m: int) -> FloatArray:
+    r = float_array(r, "r", ndim=1, shape="(m,)", allow_empty=True)
+    if r.shape != (m,):
+        raise ValueError(
+            f"r must have shape ({m},) to match P (one reward per alternative), got {r.shape}"
+        )
+    return r
 
 
 def _check_lam(lam: float) -> float:
@@ -225,7 +236,7 @@ def objective(r: ArrayLike, P: ArrayLike, lam: float, weights: ArrayLike | None 
     """
     P = _check_P(P)
     w = _check_weights(weights, P.shape[0])
-    return _objective(np.asarray(r, dtype=np.float64), _pair_weights(P, w), _check_lam(lam), w)
+    return _objective(_check_r(r, P.shape[0]), _pair_weights(P, w), _check_lam(lam), w)
 
 
 def gradient(
@@ -239,7 +250,7 @@ def gradient(
     """
     P = _check_P(P)
     w = _check_weights(weights, P.shape[0])
-    return _gradient(np.asarray(r, dtype=np.float64), _pair_weights(P, w), _check_lam(lam), w)
+    return _gradient(_check_r(r, P.shape[0]), _pair_weights(P, w), _check_lam(lam), w)
 
 
 def hessian(r: ArrayLike, P: ArrayLike, lam: float, weights: ArrayLike | None = None) -> FloatArray:
@@ -251,7 +262,7 @@ def hessian(r: ArrayLike, P: ArrayLike, lam: float, weights: ArrayLike | None = 
     """
     P = _check_P(P)
     w = _check_weights(weights, P.shape[0])
-    return _hessian(np.asarray(r, dtype=np.float64), _pair_weights(P, w), _check_lam(lam), w)
+    return _hessian(_check_r(r, P.shape[0]), _pair_weights(P, w), _check_lam(lam), w)
 
 
 def stationarity_residual(
@@ -270,7 +281,7 @@ def stationarity_residual(
     """
     P = _check_P(P)
     w = _check_weights(weights, P.shape[0])
-    g = _gradient(np.asarray(r, dtype=np.float64), _pair_weights(P, w), _check_lam(lam), w)
+    g = _gradient(_check_r(r, P.shape[0]), _pair_weights(P, w), _check_lam(lam), w)
     out = np.zeros_like(g)
     pos = w > 0
     out[pos] = -g[pos] / w[pos]
@@ -291,7 +302,7 @@ def average_win_rates(
     """
     P = _check_P(P)
     w = _check_weights(weights, P.shape[0])
-    r = np.asarray(r, dtype=np.float64)
+    r = _check_r(r, P.shape[0])
     W = P.copy()
     np.fill_diagonal(W, 0.0)
     W *= w[None, :]  # (m, m): w_j P[k, j]
@@ -307,26 +318,35 @@ def win_matrix(
 ) -> WinMatrix:
     """Count matrix ``P[i, j]`` = (weighted) number of comparisons in which i beat j, (m, m).
 
-    ``weights`` are per-comparison weights, shape (n,), e.g. annotator weights; the
-    alternatives' weights belong in :func:`fit_bt`. Divide by ``P + P.T`` for fractions.
+    Parameters
+    ----------
+    winners, losers : array_like of int, shape (n,)
+        Comparison i: alternative ``winners[i]`` beat ``losers[i]``; indices in ``[0, m)``,
+        n >= 1 (an empty list has no comparison to count and is an error).
+    m : int
+        Number of alternatives, >= 1.
+    weights : array_like, shape (n,), optional
+        Per-comparison weights, e.g. annotator weights (finite, >= 0); the alternatives'
+        weights belong in :func:`fit_bt`.
+
+    Divide by ``P + P.T`` for fractions.
     """
+    m = integer(m, "m")
+    if m < 1:
+        raise ValueError(f"m must be >= 1, got {m}")
     win = np.asarray(winners)
     los = np.asarray(losers)
     if win.ndim != 1 or win.shape != los.shape:
         raise ValueError(
             f"winners and losers must be 1-D of equal length: {win.shape}, {los.shape}"
         )
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
-    if win.size and not (
-        np.issubdtype(win.dtype, np.integer) and np.issubdtype(los.dtype, np.integer)
-    ):
-        raise ValueError("winners and losers must be integer indices")
-    if win.size and (min(win.min(), los.min()) < 0 or max(win.max(), los.max()) >= m):
-        raise ValueError(f"winners and losers must be indices in [0, {m})")
+    if win.size == 0:
+        raise ValueError(f"winners and losers are empty: no comparison to count (m={m})")
+    win = index_array(win, "winners", m, "alternatives")
+    los = index_array(los, "losers", m, "alternatives")
     if np.any(win == los):
         raise ValueError("winners and losers must differ (an alternative cannot beat itself)")
-    c = np.ones(win.shape) if weights is None else np.asarray(weights, dtype=np.float64)
+    c = np.ones(win.shape) if weights is None else float_array(weights, "weights", finite=False)
     if c.shape != win.shape or not np.all(np.isfinite(c)) or np.any(c < 0):
         raise ValueError("weights must be finite, non-negative and match winners in length")
     flat = np.bincount(win * m + los, weights=c, minlength=m * m)  # faster than np.add.at
@@ -341,6 +361,20 @@ def fit_bt(
     max_iter: int = 100,
 ) -> FloatArray:
     """Minimize :func:`objective` by damped Newton; returns rewards ``r``, shape (m,).
+
+    Parameters
+    ----------
+    P : array_like of numbers, shape (m, m)
+        ``P[i, j]`` = fraction or count of i-vs-j comparisons won by i (:func:`win_matrix`);
+        finite, >= 0, diagonal ignored.
+    lam : float
+        Ridge strength, finite and >= 0.
+    weights : array_like, shape (m,), optional
+        Alternative weights ``w`` (finite, >= 0, not all 0); all ones when None.
+    tol : float
+        Stop once the Newton step's max-norm is below ``tol`` (> 0).
+    max_iter : int
+        At most this many Newton iterations (>= 1).
 
     Newton over the compared pairs (each step by preconditioned CG on the sparse Laplacian
     for m >= 500, dense Cholesky below) with Armijo backtracking converges quadratically, so
@@ -364,6 +398,7 @@ def fit_bt(
     lam = _check_lam(lam)
     if not tol > 0:
         raise ValueError(f"tol must be > 0, got {tol}")
+    max_iter = integer(max_iter, "max_iter", minimum=1)
     act = np.flatnonzero(w_full > 0)
     w = w_full[act]
     k = act.size

@@ -8,6 +8,8 @@ weighted MLE robust where the plain MLE (one vote per alternative) is not.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.optimize
 from numpy.typing import ArrayLike
@@ -17,6 +19,7 @@ from scipy.spatial import cKDTree
 from scipy.special import expit
 
 from pluralign._typing import FloatArray
+from pluralign.core._checks import float_array, number
 from pluralign.core.bradley_terry import fit_bt
 
 #: Memory for one chunk's (chunk_size, m) float64 distance block.
@@ -24,7 +27,7 @@ DEFAULT_CHUNK_BYTES = 8 * 2**20
 
 
 def _check_points(points: ArrayLike) -> FloatArray:
-    pts = np.asarray(points, dtype=np.float64)
+    pts = float_array(points, "points", allow_empty=True, finite=False)
     if pts.ndim != 2:
         raise ValueError(f"points must be a 2-D (m, d) array, got {pts.ndim} dimension(s)")
     if pts.shape[0] == 0 or pts.shape[1] == 0:
@@ -35,7 +38,7 @@ def _check_points(points: ArrayLike) -> FloatArray:
 
 
 def _bound(value: ArrayLike, d: int, name: str) -> FloatArray:
-    b = np.asarray(value, dtype=np.float64)
+    b = float_array(value, name, allow_empty=True, finite=False)
     if b.ndim == 0:
         b = np.full(d, float(b))
     if b.shape != (d,):
@@ -121,6 +124,7 @@ def voronoi_weights(
 def find_clones(points: ArrayLike, eps: float) -> list[list[int]]:
     """Groups of alternatives linked by chains of pairs at distance <= ``eps``.
 
+    ``points`` has shape (m, d) (one row per alternative); ``eps`` is finite and >= 0.
     Returns the connected components with at least two members of the graph joining points
     within ``eps`` (single linkage), each sorted, ordered by smallest index. ``eps = 0``
     finds exact duplicates.
@@ -147,27 +151,83 @@ def find_clones(points: ArrayLike, eps: float) -> list[list[int]]:
 
 
 def standard_mle(P: ArrayLike, lam: float) -> FloatArray:
-    """Regularized MLE under the empirical measure (``w = 1 / m``); see the module docstring."""
-    m = np.asarray(P).shape[0]
+    """Regularized MLE under the empirical measure (``w = 1 / m``): ``fit_bt`` with equal
+    weights. ``P`` is the (m, m) win matrix (:func:`pluralign.core.bradley_terry.fit_bt`);
+    returns rewards, shape (m,)."""
+    P = float_array(P, "P", ndim=2, shape="(m, m)", finite=False)  # fit_bt checks the rest
+    m = P.shape[0]
     return fit_bt(P, lam, np.full(m, 1.0 / m))
+
+
+def _box_text(lo: FloatArray, hi: FloatArray) -> str:
+    """``[0, 1]^3`` for a cube, else the two corners."""
+    if np.all(lo == lo[0]) and np.all(hi == hi[0]):
+        return f"[{lo[0]:g}, {hi[0]:g}]^{lo.size}"
+    return f"[{lo.tolist()}, {hi.tolist()}]"
 
 
 def weighted_mle(
     points: ArrayLike,
     P: ArrayLike,
     lam: float,
-    low: ArrayLike = 0.0,
-    high: ArrayLike = 1.0,
+    low: ArrayLike | None = 0.0,
+    high: ArrayLike | None = 1.0,
     n_samples: int = 200_000,
     seed: int = 0,
 ) -> tuple[FloatArray, FloatArray]:
     """The clone-robust weighted MLE: ``fit_bt`` with Voronoi weights of the box [low, high].
 
-    Returns ``(rewards, weights)``. The Monte Carlo samples depend only on ``seed`` and the
-    box, so two point sets weighted with the same seed share their samples (common random
-    numbers): a before/after comparison then sees only the change of the cells.
+    Weights come from :func:`voronoi_weights` of the box, rewards from ``fit_bt`` with them;
+    then :func:`fill_zero_weight` gives each alternative whose cell got no Monte Carlo sample
+    (weight 0, so ``fit_bt`` leaves it at 0) its ``w -> 0+`` limit reward.
+
+    Parameters
+    ----------
+    points : array_like, shape (m, d)
+        The alternatives' embeddings, one row per alternative (the rows of ``P``).
+    P : array_like, shape (m, m)
+        Win matrix: ``P[i, j]`` = fraction or count of i-vs-j comparisons won by i.
+    lam : float
+        Ridge strength, >= 0.
+    low, high : float or array_like of shape (d,), or None
+        The region S. Default: the unit cube [0, 1]^d, *not* the points' bounding box that
+        :func:`voronoi_weights` defaults to (pass None for that). Points outside S whose
+        cells miss it get weight 0 and do not enter the fit: that warns. For points on
+        another scale pass ``low=points.min(axis=0), high=points.max(axis=0)`` or your own
+        region.
+    n_samples, seed : int
+        Monte Carlo samples and their seed (:func:`voronoi_weights`).
+
+    Returns ``(rewards, weights)``, each shape (m,). The Monte Carlo samples depend only on
+    ``seed`` and the box, so two point sets weighted with the same seed share their samples
+    (common random numbers): a before/after comparison then sees only the change of the cells.
+
+    Warns
+    -----
+    UserWarning
+        When points outside the box got weight 0 (e.g. points in [0, 10]^d with the
+        default box): the fit then ignores them.
     """
-    w = voronoi_weights(points, low, high, n_samples=n_samples, seed=seed)
+    pts = _check_points(points)
+    P = float_array(P, "P", ndim=2, shape="(m, m)", finite=False)  # fit_bt checks the rest
+    if P.shape[0] != pts.shape[0]:
+        raise ValueError(
+            f"points has {pts.shape[0]} rows but P is {P.shape}: one point per alternative"
+        )
+    w = voronoi_weights(pts, low, high, n_samples=n_samples, seed=seed)
+    d = pts.shape[1]
+    lo = pts.min(axis=0) if low is None else _bound(low, d, "low")  # None: as voronoi_weights
+    hi = pts.max(axis=0) if high is None else _bound(high, d, "high")
+    dropped = np.any((pts < lo) | (pts > hi), axis=1) & (w == 0)
+    if dropped.any():
+        warnings.warn(
+            f"weighted_mle: {dropped.sum()} of {pts.shape[0]} points lie outside the box "
+            f"[low, high] = {_box_text(lo, hi)} and got Voronoi weight 0, so the fit ignores "
+            "them (the default box is [0, 1]^d). Pass low= and high= for the points' region, "
+            "e.g. low=points.min(axis=0), high=points.max(axis=0) (voronoi_weights' default)",
+            UserWarning,
+            stacklevel=2,
+        )
     return fill_zero_weight(fit_bt(P, lam, w), P, lam, w), w
 
 
@@ -185,10 +245,20 @@ def fill_zero_weight(r: ArrayLike, P: ArrayLike, lam: float, weights: ArrayLike)
     whose left side minus right side is strictly decreasing in ``r_k``; we solve it by
     bisection. Matters for near-duplicates: a point surrounded by its clones at distance eps
     keeps a cell of area ~eps^2, which 200,000 samples miss for eps ~ 1e-3.
+
+    Shapes: ``r`` and ``weights`` (m,), ``P`` (m, m); returns the filled rewards, (m,).
     """
-    r = np.array(r, dtype=np.float64)
-    P = np.asarray(P, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
+    r = float_array(r, "r", ndim=1, shape="(m,)").copy()
+    P = float_array(P, "P", ndim=2, shape="(m, m)")
+    w = float_array(weights, "weights", ndim=1, shape="(m,)")
+    m = r.size
+    if P.shape != (m, m) or w.shape != (m,):
+        raise ValueError(
+            f"r {r.shape}, P {P.shape} and weights {w.shape} must be (m,), (m, m) and (m,)"
+        )
+    if np.any(w < 0) or not np.any(w > 0):
+        raise ValueError("weights must be non-negative and not all zero")
+    lam = number(lam, "lam", low=0.0)
     pos = w > 0
     for k in np.flatnonzero(~pos):
         wins = float(np.dot(w[pos], P[k, pos]))

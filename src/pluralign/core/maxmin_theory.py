@@ -44,6 +44,8 @@ import scipy.linalg
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit, log_expit, logsumexp
 
+from pluralign.core._checks import float_array, number
+
 FloatArray = NDArray[np.float64]
 #: Rewards of K groups on n responses, ``R[u, y] = r_u(y)``; shape (K, n).
 RewardMatrix = FloatArray
@@ -62,7 +64,7 @@ def _check_beta(beta: float) -> float:
 
 def _check_distribution(p: ArrayLike, name: str, n: int | None = None) -> FloatArray:
     """A strictly positive probability vector (strict so that KL(pi || pi_ref) is finite)."""
-    p = np.asarray(p, dtype=np.float64)
+    p = float_array(p, name, allow_empty=True, finite=False)
     if p.ndim != 1 or p.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D probability vector, got shape {p.shape}")
     if n is not None and p.size != n:
@@ -75,7 +77,7 @@ def _check_distribution(p: ArrayLike, name: str, n: int | None = None) -> FloatA
 
 
 def _check_rewards(rewards: ArrayLike, n: int | None = None) -> RewardMatrix:
-    R = np.asarray(rewards, dtype=np.float64)
+    R = float_array(rewards, "rewards", allow_empty=True, finite=False)
     if R.ndim == 1:
         R = R[None, :]
     if R.ndim != 2 or R.size == 0:
@@ -88,7 +90,7 @@ def _check_rewards(rewards: ArrayLike, n: int | None = None) -> RewardMatrix:
 
 
 def _check_psi(psi: ArrayLike) -> FloatArray:
-    psi = np.asarray(psi, dtype=np.float64)
+    psi = float_array(psi, "psi", allow_empty=True, finite=False)
     if psi.ndim != 2 or psi.shape[0] < 2 or psi.shape[1] < 1:
         raise ValueError(f"psi must be an (n, d) feature array with n >= 2, got {psi.shape}")
     if not np.all(np.isfinite(psi)):
@@ -97,7 +99,7 @@ def _check_psi(psi: ArrayLike) -> FloatArray:
 
 
 def _check_phis(phis: ArrayLike, d: int) -> FloatArray:
-    phis = np.asarray(phis, dtype=np.float64)
+    phis = float_array(phis, "phis", allow_empty=True, finite=False)
     if phis.ndim == 1:
         phis = phis[None, :]
     if phis.ndim != 2 or phis.shape[1] != d or phis.shape[0] == 0:
@@ -108,7 +110,7 @@ def _check_phis(phis: ArrayLike, d: int) -> FloatArray:
 
 
 def _check_etas(etas: ArrayLike, K: int) -> FloatArray:
-    etas = np.asarray(etas, dtype=np.float64).reshape(-1)
+    etas = float_array(etas, "etas", allow_empty=True, finite=False).reshape(-1)
     if etas.shape != (K,):
         raise ValueError(f"etas must have {K} entries (one per group), got {etas.shape}")
     if not np.all(np.isfinite(etas)) or np.any(etas < 0):
@@ -116,6 +118,21 @@ def _check_etas(etas: ArrayLike, K: int) -> FloatArray:
     if abs(etas.sum() - 1.0) > 1e-8:
         raise ValueError(f"etas must sum to 1 (group shares), sums to {etas.sum():.10g}")
     return etas
+
+
+def _check_rewards_and_ref(
+    rewards: ArrayLike, pi_ref: ArrayLike
+) -> tuple[RewardMatrix, FloatArray]:
+    """(R (K, n), pi_ref (n,)); a transposed (n, K) reward matrix is blamed on ``rewards``,
+    not on ``pi_ref`` (whose length is the number of responses either way)."""
+    R = _check_rewards(rewards)
+    ref = np.shape(pi_ref)
+    if len(ref) == 1 and ref[0] != R.shape[1] and ref[0] == R.shape[0]:
+        raise ValueError(
+            f"rewards must be a (K groups, n responses) array with n = {ref[0]} = len(pi_ref), "
+            f"got shape {R.shape}: it looks transposed, pass rewards.T"
+        )
+    return R, _check_distribution(pi_ref, "pi_ref", R.shape[1])
 
 
 # ----------------------------------------------------------------------------- policies
@@ -160,15 +177,28 @@ def _alignment_gap(r_u: FloatArray, r: FloatArray, log_ref: FloatArray, beta: fl
     return float(beta * np.sum(np.exp(log_p) * (log_p - log_q)))
 
 
-def kl_divergence(p: ArrayLike, q: ArrayLike) -> float:
-    """KL(p || q) = sum_y p(y) log(p(y) / q(y)) for q > 0 (0 log 0 = 0)."""
-    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+def _kl(p: FloatArray, q: FloatArray) -> float:
     mask = p > 0
     return float(np.sum(p[mask] * (np.log(p[mask]) - np.log(q[mask]))))
 
 
+def kl_divergence(p: ArrayLike, q: ArrayLike) -> float:
+    """KL(p || q) = sum_y p(y) log(p(y) / q(y)) (0 log 0 = 0) of two distributions of shape
+    (n,); q must be > 0 wherever p is (else KL is infinite, an error here)."""
+    p = float_array(p, "p", ndim=1, shape="(n,)")
+    q = float_array(q, "q", ndim=1, shape="(n,)")
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape (n,), got {p.shape} and {q.shape}")
+    if np.any(p < 0) or np.any(q < 0):
+        raise ValueError("p and q must be non-negative (distributions)")
+    if np.any((p > 0) & (q == 0)):
+        raise ValueError("q must be > 0 wherever p > 0 (KL(p || q) is infinite)")
+    return _kl(p, q)
+
+
 def expected_rewards(pi: ArrayLike, rewards: ArrayLike) -> FloatArray:
-    """E_{y~pi}[r_u(y)] for every group u; shape (K,)."""
+    """E_{y~pi}[r_u(y)] for every group u, shape (K,), of a policy ``pi`` (n,) and rewards
+    (K, n)."""
     R = _check_rewards(rewards)
     pi = np.asarray(pi, dtype=np.float64)
     if (
@@ -186,12 +216,13 @@ def group_utilities(
 ) -> FloatArray:
     r"""J_u(pi) = E_pi[r_u] - beta KL(pi || pi_ref) for every group u; shape (K,).
 
+    ``pi`` and ``pi_ref`` are distributions of shape (n,), ``rewards`` has shape (K, n).
+
     ``expected_rewards(pi, rewards)`` gives the same without the KL term.
     """
     beta = _check_beta(beta)
-    R = _check_rewards(rewards)
-    pi_ref = _check_distribution(pi_ref, "pi_ref", R.shape[1])
-    return expected_rewards(pi, R) - beta * kl_divergence(pi, pi_ref)
+    R, pi_ref = _check_rewards_and_ref(rewards, pi_ref)
+    return expected_rewards(pi, R) - beta * _kl(np.asarray(pi, dtype=np.float64), pi_ref)
 
 
 # ----------------------------------------------------------------------------- pooled reward
@@ -289,6 +320,11 @@ def preference_tv(phi_u: ArrayLike, phi_v: ArrayLike, psi: ArrayLike) -> float:
         \varepsilon = \frac{1}{2}\,\mathrm{mean}_{i\neq j}\left(|P_u(i>j)-P_v(i>j)|
                       + |P_u(j>i)-P_v(j>i)|\right) = \mathrm{mean}_{i<j}|P_u(i>j)-P_v(i>j)|.
     """
+    psi = _check_psi(psi)
+    d = psi.shape[1]
+    for name, phi in (("phi_u", phi_u), ("phi_v", phi_v)):
+        if np.shape(phi) != (d,):
+            raise ValueError(f"{name} must have shape ({d},) to match psi, got {np.shape(phi)}")
     P = preference_probabilities(np.vstack([phi_u, phi_v]), psi)  # (2, M)
     return float(np.mean(np.abs(P[0] - P[1])))
 
@@ -320,6 +356,8 @@ def impossibility_bounds(
     """
     beta = _check_beta(beta)
     psi = _check_psi(psi)
+    eps = number(eps, "eps", low=0.0, high=1.0)  # a total-variation distance
+    eta = number(eta, "eta", low=0.0, high=1.0)  # a population share
     norms = np.linalg.norm(psi, axis=1)
     D = float(norms.max()) if D is None else float(D)
     if norms.max() - 1e-12 > D or D <= 0:
@@ -471,6 +509,20 @@ def maxmin_policy(
     1e-2..10): 25 stopped above tolerance, 23 of them with span / beta > 300 (worst gap 0.33
     at span / beta ~ 1.5e4); the other two had gaps 4e-8 and 3e-5 (weights on a face edge).
 
+    Parameters
+    ----------
+    rewards : array_like, shape (K, n)
+        ``rewards[u, y] = r_u(y)``: one row per group, one column per response (a 1-D (n,)
+        array is one group). A transposed (n, K) array is refused, naming ``rewards``.
+    pi_ref : array_like, shape (n,)
+        Reference policy over the n responses, strictly positive, sums to 1.
+    beta : float
+        KL coefficient, > 0.
+    n_iter : int
+        Iteration cap (>= 1); a RuntimeWarning if the gap is still above tolerance.
+    tol : float
+        Relative duality-gap tolerance (>= 0).
+
     Returns
     -------
     pi : (n,) the MaxMin policy.
@@ -479,8 +531,7 @@ def maxmin_policy(
         "newton": 0 or 1}``; the last entry describes the returned policy when converged.
     """
     beta = _check_beta(beta)
-    R = _check_rewards(rewards)
-    pi_ref = _check_distribution(pi_ref, "pi_ref", R.shape[1])
+    R, pi_ref = _check_rewards_and_ref(rewards, pi_ref)
     if int(n_iter) != n_iter or n_iter < 1:
         raise ValueError(f"n_iter must be an integer >= 1, got {n_iter}")
     if not tol >= 0:
@@ -498,7 +549,7 @@ def maxmin_policy(
     newton = 0
     best = (np.inf, w, pi)
     for _ in range(int(n_iter)):
-        primal = float(grad.min() - beta * kl_divergence(pi, pi_ref))
+        primal = float(grad.min() - beta * _kl(pi, pi_ref))
         history.append({"dual": g, "primal": primal, "gap": gap, "step": t, "newton": newton})
         if gap < best[0]:
             best = (gap, w, pi)
@@ -518,7 +569,7 @@ def maxmin_policy(
             w_new = np.maximum(w_new, 1e-300)  # keep log(w) finite; mass this small is 0
             w_new /= w_new.sum()
             g_new, grad_new, pi_new = _dual(w_new, R, log_ref, beta)
-            model = g + grad @ (w_new - w) + kl_divergence(w_new, w) / t
+            model = g + grad @ (w_new - w) + _kl(w_new, w) / t
             # Slack for round-off in g (logsumexp of logits up to |w^T R| / beta).
             if g_new <= model + 1e-12 * (1 + abs(g) + span / beta) or t < t_min:
                 break

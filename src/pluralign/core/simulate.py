@@ -25,16 +25,19 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
 
 from pluralign._typing import BoolArray, FloatArray, IntArray
+from pluralign.core._checks import float_array, integer
 
 
 def bt_outcomes(
     margin: ArrayLike, beta: float, rng: np.random.Generator
 ) -> tuple[BoolArray, FloatArray]:
     """(a_wins, p_a): one Bradley-Terry draw per comparison with utility difference
-    ``margin = r(a) - r(b)``: ``p_a = sigma(beta * margin)``, a wins iff a uniform < p_a."""
+    ``margin = r(a) - r(b)``, shape (n,): ``p_a = sigma(beta * margin)``, a wins iff a uniform
+    < p_a. A NaN margin is an error (it would make every comparison a loss for a)."""
     if not (np.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be finite and > 0, got {beta}")
-    p_a = expit(beta * np.asarray(margin, dtype=np.float64))
+    margin = float_array(margin, "margin", allow_empty=True)
+    p_a = expit(beta * margin)
     return rng.random(p_a.size) < p_a, p_a
 
 
@@ -53,6 +56,7 @@ def draw_user_items(
         raise ValueError(f"users_per_group has {counts.size} entries for K={n_groups} groups")
     if not np.issubdtype(counts.dtype, np.integer) or (counts < 0).any() or counts.sum() == 0:
         raise ValueError(f"users_per_group must be non-negative ints, not all 0: {counts}")
+    per_user = integer(per_user, "comparisons per user")
     if not 1 <= per_user <= n_items:
         raise ValueError(f"comparisons per user must be in 1..{n_items} ({items}), got {per_user}")
     user_group = np.repeat(np.arange(n_groups), counts)  # (n_users,)
@@ -140,7 +144,7 @@ def simulate_users(
     -------
     SimulatedComparisons
     """
-    r = np.asarray(rewards, dtype=np.float64)
+    r = float_array(rewards, "rewards", allow_empty=True, finite=False)
     if r.ndim != 2:
         raise ValueError(f"rewards must be 2-D (m texts, K groups), got shape {r.shape}")
     m, K = r.shape
@@ -195,12 +199,17 @@ def label_pairs(
 ) -> PairLabels:
     """Users of K groups each label ``per_user`` distinct pairs, drawn at random, by a BT draw
     with probability ``sigmoid(beta * (r_k(a) - r_k(b)))`` on *standardized* ground truth
-    ``gt_a``, ``gt_b`` (n_pairs, K). Users are numbered group by group."""
-    gt_a, gt_b = np.asarray(gt_a, dtype=np.float64), np.asarray(gt_b, dtype=np.float64)
+    ``gt_a``, ``gt_b`` (n_pairs, K), finite. ``users_per_group`` has K entries (users are
+    numbered group by group); ``per_user`` is in 1..n_pairs."""
+    gt_a = float_array(gt_a, "gt_a", allow_empty=True, finite=False)
+    gt_b = float_array(gt_b, "gt_b", allow_empty=True, finite=False)
     if gt_a.shape != gt_b.shape or gt_a.ndim != 2:
         raise ValueError(
             f"gt_a and gt_b must be equal (n_pairs, K) arrays: {gt_a.shape}, {gt_b.shape}"
         )
+    for name, gt in (("gt_a", gt_a), ("gt_b", gt_b)):
+        if not np.all(np.isfinite(gt)):
+            raise ValueError(f"{name} contains NaN or inf")
     n_pairs, K = gt_a.shape
     rng = np.random.default_rng(seed)
     users, pairs, user_group = draw_user_items(

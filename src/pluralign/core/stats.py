@@ -20,6 +20,7 @@ import scipy.stats
 from numpy.typing import ArrayLike
 
 from pluralign._typing import FloatArray
+from pluralign.core._checks import float_array, integer, number
 
 # --------------------------------------------------------------------------- z-scores
 
@@ -37,7 +38,7 @@ def column_stats(
     ValueError
         If a column holds NaN / inf (named by ``names`` when given), or fewer than 2 rows.
     """
-    v = np.asarray(values, dtype=np.float64)
+    v = float_array(values, "values", allow_empty=True, finite=False)
     if v.ndim not in (1, 2) or v.shape[0] < 2:
         raise ValueError(f"need >= 2 rows of a 1-D or 2-D array to z-score, got shape {v.shape}")
     cols = v if v.ndim == 2 else v[:, None]
@@ -77,7 +78,17 @@ def pair_accuracy(
     reward_a: FloatArray, reward_b: FloatArray, gt_a: pd.DataFrame, gt_b: pd.DataFrame
 ) -> dict[str, float]:
     """Per group: how often a reward model orders a held-out pair as the ground truth does
-    (pairs the ground truth ties are skipped)."""
+    (pairs the ground truth ties are skipped). ``reward_a``, ``reward_b``: the model's scores
+    of the two sides, shape (n,); ``gt_a``, ``gt_b``: ground truth, n rows, one column per
+    group (the same columns)."""
+    reward_a = float_array(reward_a, "reward_a", ndim=1, shape="(n,)", allow_empty=True)
+    reward_b = float_array(reward_b, "reward_b", ndim=1, shape="(n,)", allow_empty=True)
+    _same_frames(gt_a, gt_b, "gt_a", "gt_b")
+    if not reward_a.shape == reward_b.shape == (len(gt_a),):
+        raise ValueError(
+            f"reward_a {reward_a.shape} and reward_b {reward_b.shape} must have one score per "
+            f"row of gt_a ({len(gt_a)},)"
+        )
     out = {}
     for g in gt_a.columns:
         diff = gt_a[g].to_numpy() - gt_b[g].to_numpy()
@@ -87,17 +98,31 @@ def pair_accuracy(
     return out
 
 
+def _same_frames(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> None:
+    """Two ground-truth frames of the same rows (count) and the same group columns, in order."""
+    if a.shape != b.shape or list(a.columns) != list(b.columns):
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same rows and group columns: "
+            f"{a.shape} {list(a.columns)} vs {b.shape} {list(b.columns)}"
+        )
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 
 def bootstrap_ci(
     values: ArrayLike, n_boot: int, seed: int, level: float = 0.95
 ) -> tuple[float, float, float]:
-    """(mean, lo, hi): percentile bootstrap of the mean over the entries (e.g. prompts);
-    lo and hi are NaN for a single entry."""
-    v = np.asarray(values, dtype=np.float64)
+    """(mean, lo, hi): percentile bootstrap of the mean over the entries (e.g. prompts) of
+    ``values``, shape (n,), finite (drop NaN first: a NaN would make every bound NaN); lo and
+    hi are NaN for a single entry. ``n_boot`` >= 1 resamples, ``level`` in (0, 1)."""
+    v = float_array(values, "values", allow_empty=True, finite=False)
     if v.ndim != 1 or v.size == 0:
         raise ValueError(f"values must be a non-empty 1-D array, got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("values contain NaN or inf: drop them (e.g. v[np.isfinite(v)]) first")
+    n_boot = integer(n_boot, "n_boot", minimum=1)
+    level = number(level, "level", low=0.0, high=1.0, low_open=True, high_open=True)
     if v.size < 2:
         return float(v.mean()), math.nan, math.nan
     ci = scipy.stats.bootstrap(
@@ -113,8 +138,12 @@ def bootstrap_ci(
 
 
 def win_rates(gt_policy: pd.DataFrame, gt_ref: pd.DataFrame) -> pd.DataFrame:
-    """Per prompt and group: 1 if the policy's answer beats the reference's, 0.5 tie, 0 loss."""
-    diff = gt_policy.to_numpy() - gt_ref.to_numpy()
+    """Per prompt and group: 1 if the policy's answer beats the reference's, 0.5 tie, 0 loss.
+    Both frames: one row per prompt, one column per group (the same columns)."""
+    _same_frames(gt_policy, gt_ref, "gt_policy", "gt_ref")
+    diff = gt_policy.to_numpy(dtype=np.float64) - gt_ref.to_numpy(dtype=np.float64)
+    if np.isnan(diff).any():
+        raise ValueError("gt_policy or gt_ref contains NaN: a win is undefined")
     return pd.DataFrame(0.5 + 0.5 * np.sign(diff), columns=gt_policy.columns)
 
 
@@ -132,8 +161,10 @@ def evaluate(
 
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval over seeds (NaN bounds for one seed)."""
-    x = np.asarray(values, dtype=np.float64)
+    """Mean and Student-t confidence interval over seeds of ``values``, shape (n_seeds,),
+    finite (NaN bounds for one seed)."""
+    x = float_array(values, "values", ndim=1, shape="(n_seeds,)")
+    level = number(level, "level", low=0.0, high=1.0, low_open=True, high_open=True)
     mean = float(x.mean())
     if len(x) < 2:
         return mean, math.nan, math.nan
@@ -168,13 +199,24 @@ def headline(
 
     ``outcomes[method][group]``: win outcomes (1 win, 0.5 tie, 0 loss) of every seed's
     answers, seeds concatenated in one order for all groups, so the bootstrap is *paired*:
-    one resample of rows serves every group and the average."""
+    one resample of rows serves every group and the average. Each is 1-D, shape (n,), with
+    values in [0, 1]."""
+    if not outcomes:
+        raise ValueError("outcomes is empty: no method to tabulate")
     rows = []
     for method, by_group in outcomes.items():
+        if not by_group:
+            raise ValueError(f"outcomes[{method!r}] is empty: no group")
         n = {len(v) for v in by_group.values()}
         if len(n) != 1:
             raise ValueError(f"{method}: groups have different numbers of outcomes {n}")
-        cols = [np.asarray(by_group[g], dtype=np.float64) for g in by_group]
+        cols = [
+            float_array(by_group[g], f"outcomes[{method!r}][{g!r}]", ndim=1, shape="(n,)")
+            for g in by_group
+        ]
+        for g, c in zip(by_group, cols, strict=True):
+            if np.any((c < 0) | (c > 1)):
+                raise ValueError(f"outcomes[{method!r}][{g!r}] must be win outcomes in [0, 1]")
 
         def stat(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
             means = np.stack([s.mean(axis=axis) for s in samples])  # (groups, ...)
@@ -207,6 +249,11 @@ def headline(
 def gains(table: pd.DataFrame, base: str, new: str) -> dict[str, float]:
     """``new`` minus ``base`` win rate per group, in points and relative to ``base`` (the
     paper's "> 16% average, > 33% minority" are relative improvements)."""
+    for name, method in (("base", base), ("new", new)):
+        if method not in set(table["method"]):
+            raise ValueError(
+                f"{name}={method!r} is not a method of the table: {sorted(set(table['method']))}"
+            )
     wide = table.pivot(index="group", columns="method", values="win_rate")
     out = {}
     for g, row in wide.iterrows():

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from pluralign._typing import FloatArray, IntArray, TextScore
-from pluralign.core.frft import RULES, select, similarities
+from pluralign.core.frft import RULES, frft_select, similarities
 from pluralign.core.maxmin import Normalizer
 from pluralign.core.stats import pair_accuracy as group_pair_accuracy
 from pluralign.data.preferences import PreferenceRecords
@@ -101,7 +101,7 @@ def select_records(
     rng: np.random.Generator,
     truth_labeler: str | None = None,
 ) -> IntArray:
-    """The rows a refit trains on: a similarity rule (:func:`pluralign.core.frft.select`),
+    """The rows a refit trains on: a similarity rule (:func:`pluralign.core.frft.frft_select`),
     or ``oracle``: ``k`` rows drawn among those labelled by ``truth_labeler``."""
     if settings.rule == "oracle":
         if truth_labeler is None:
@@ -111,10 +111,11 @@ def select_records(
             raise ValueError(f"no record is labelled by {truth_labeler!r}")
         return np.sort(rng.choice(pool, size=min(settings.k, pool.size), replace=False))
     if settings.rule == "random":
-        return select("random", np.zeros(len(records)), np.zeros(len(records)), settings.k, rng=rng)
+        zeros = np.zeros(len(records))
+        return frft_select("random", zeros, zeros, settings.k, rng=rng)
     if s_c is None or s_r is None:
         raise ValueError(f"rule {settings.rule!r} needs the similarities")
-    return select(settings.rule, s_c, s_r, settings.k, settings.threshold, rng)  # type: ignore[arg-type]
+    return frft_select(settings.rule, s_c, s_r, settings.k, settings.threshold, rng)  # type: ignore[arg-type]
 
 
 class FilteredRefit:

@@ -26,8 +26,12 @@ class TextRewardAdapter(nn.Module):
 
     ``context_length`` is the (fixed) prompt length in tokens: every PPO batch is
     ``[prompt | response]`` and only responses are judged, together with their prompt text
-    when ``with_prompt`` (reward models trained on prompt + response). ``history`` gets one
-    record per call: raw and normalized group means and the batch's argmin group.
+    when ``with_prompt`` (reward models trained on prompt + response). ``rewards`` and
+    ``normalizers`` map the same group names to a text scorer and its :class:`Normalizer`.
+    ``how`` is one of ``'single'`` (one group), ``'maxmin_sample'``, ``'maxmin_batch'`` or
+    ``'softmin'`` (with ``temperature`` > 0), as in :func:`pluralign.core.maxmin.aggregate`.
+    ``history`` gets one record per call: raw and normalized group means and the batch's
+    argmin group.
     """
 
     base_model_prefix = "backbone"
