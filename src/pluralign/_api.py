@@ -31,6 +31,7 @@ EXPORTS: dict[str, str] = {
     "TextRewardAdapter": "pluralign.training.reward_adapter",
     "fit_neural_em": "pluralign.training.neural_mixture",
     "cross_fitted_hard_em": "pluralign.core.crossfit_em",
+    "EMNotConvergedWarning": "pluralign.core.mixture",
     "fit_neural_crossfit_em": "pluralign.training.neural_crossfit",
     "ban_token": "pluralign.training.token_ban",
     # Inverse alignment (Krishna & Sahoo, 2024)
@@ -45,6 +46,7 @@ EXPORTS: dict[str, str] = {
 #: is defined under that name, so ``help()`` is titled with the name users call.
 
 __all__ = [
+    "EMNotConvergedWarning",
     "FilteredRefit",
     "Normalizer",
     "TextRewardAdapter",
@@ -85,7 +87,7 @@ if TYPE_CHECKING:  # static view for type checkers and IDEs; not executed
     from pluralign.core.frft import frft_select, similarities
     from pluralign.core.maxmin import Normalizer, aggregate
     from pluralign.core.maxmin_theory import maxmin_policy
-    from pluralign.core.mixture import fit_em, run_em, select_n_groups
+    from pluralign.core.mixture import EMNotConvergedWarning, fit_em, run_em, select_n_groups
     from pluralign.core.simulate import label_pairs, simulate_users
     from pluralign.core.stats import bootstrap_ci, headline
     from pluralign.training.frft import FilteredRefit

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -15,9 +19,15 @@ from transformers import (
 )
 
 from pluralign.core import mixture
-from pluralign.core.mixture import fit_em, soft_e_step, user_log_likelihoods
+from pluralign.core.mixture import (
+    EMNotConvergedWarning,
+    EMTrace,
+    fit_em,
+    soft_e_step,
+    user_log_likelihoods,
+)
 from pluralign.pipeline.assets import load_gpt2_tokenizer, packaged_minilm
-from pluralign.training import neural_mixture
+from pluralign.training import neural_crossfit, neural_mixture
 from pluralign.training.neural_crossfit import fit_neural_crossfit_em
 from pluralign.training.neural_mixture import NeuralEMResult, fit_neural_em
 from pluralign.training.reward_models import (
@@ -244,6 +254,7 @@ def test_neural_em_validates_input(bert_tok):
         fit_neural_em(chosen, rejected, users, 2, bad, bert_tok)
 
 
+@pytest.mark.filterwarnings("ignore::pluralign.core.mixture.EMNotConvergedWarning")
 def test_fit_neural_em_runs_the_linear_em_loop_and_keeps_its_bookkeeping(bert_tok, monkeypatch):
     """fit_neural_em is core.mixture.run_em with a neural M-step: its result is the loop's
     trace; soft EM's ``weights`` are the pi of the last E-step (so the training objective is
@@ -305,6 +316,38 @@ def test_fit_neural_em_runs_the_linear_em_loop_and_keeps_its_bookkeeping(bert_to
     np.testing.assert_allclose(hard.weights, np.bincount(hard.assignment, minlength=2) / 6)
 
 
+@pytest.mark.parametrize("converged", [False, True])
+def test_fit_neural_em_warns_when_it_stops_at_the_cap(bert_tok, monkeypatch, converged):
+    """The loop is run_em's (tested in core); here: its trace's ``converged`` reaches the
+    result, and an unconverged one warns at the caller's line with the share that moved."""
+    start, last = np.array([0, 1, 0, 1, 0, 1]), np.array([0, 1, 1, 1, 0, 0])
+
+    def trace(*args, **kwargs):
+        assert kwargs["warn"] is False  # fit_neural_em warns itself, once
+        assignments = [start if converged else last]
+        return EMTrace(assignments[-1], np.eye(2)[assignments[-1]], np.full(2, 0.5), [-1.0],
+                       assignments, converged)  # fmt: skip
+
+    monkeypatch.setattr(neural_mixture, "run_em", trace)
+    chosen, rejected, users, _ = planted(n_users=6, per_user=4)
+
+    def make(k):
+        return tiny_bert(bert_tok)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = fit_neural_em(chosen, rejected, users, 2, make, bert_tok, n_iter=1)
+    assert res.converged is converged
+    ours = [w for w in caught if issubclass(w.category, EMNotConvergedWarning)]
+    assert len(ours) == (0 if converged else 1)
+    if not converged:
+        assert ours[0].filename == __file__
+        assert "fit_neural_em (hard EM)" in str(ours[0].message)
+        assert "after 1 iterations; at the last one 33% of users changed group" in str(
+            ours[0].message
+        )
+
+
 # ------------------------------------------------------------------ cross-fitted neural EM
 
 
@@ -343,3 +386,34 @@ def test_cross_fitted_neural_em_validates_input(bert_tok):
             )),
             bert_tok, n_iter=1,
         )  # fmt: skip
+
+
+def test_cross_fitted_neural_em_passes_the_remedy_on_and_frees_earlier_starts(
+    bert_tok, monkeypatch
+):
+    """``calibrate`` and ``n_starts`` reach the core loop; each start gets fresh fold models
+    (K x n_folds per start, + K final ones), and an earlier start's are freed when the next
+    begins. Training is stubbed out: this is about slots, not learning."""
+    monkeypatch.setattr(neural_crossfit, "train_reward_model", lambda *a, **k: [])
+    chosen, rejected, users, _ = planted(n_users=6, per_user=6)
+    made: list[weakref.ref] = []
+    alive_at_start_1: list[int] = []
+
+    def make(k):
+        if len(made) == 4:  # the first fold model of start 1: start 0's 4 are released
+            gc.collect()
+            alive_at_start_1.append(sum(r() is not None for r in made))
+        model = tiny_bert(bert_tok)
+        made.append(weakref.ref(model))
+        return model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EMNotConvergedWarning)
+        res = fit_neural_crossfit_em(
+            chosen, rejected, users, 2, make, bert_tok, n_iter=2, max_length=16,
+            n_starts=2, calibrate=False,
+        )  # fmt: skip
+    assert len(made) == 2 * 2 * 2 + 2 and alive_at_start_1 == [0]
+    assert len(res.start_heldout_log_likelihood) == 2 and res.start in (0, 1)
+    assert not res.calibrate and all(np.all(t == 1.0) for t in res.temperatures)
+    assert len(res.models) == 2

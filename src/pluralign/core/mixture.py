@@ -30,13 +30,16 @@ Implementation details:
    comparison under its own group is lowest, taken from a group with >= 2 users.
 6. Stop when the hard assignment stops changing, or when the soft objective improves by
    less than ``tol * (1 + |L|)``; of several restarts the one with the best final L is kept.
+   A fit that reaches ``n_iter`` first says so: ``converged=False`` and an
+   :class:`EMNotConvergedWarning`, since its groups are wherever the last iteration left them.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
@@ -47,6 +50,39 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 _NEWTON_TOL = 1e-12  # on the Newton decrement -g.step, relative to 1 + |f|
 _NEWTON_MAX_ITER = 200
+
+
+class EMNotConvergedWarning(UserWarning):
+    """An EM loop (linear, neural or cross-fitted) stopped at its ``n_iter`` cap while users
+    were still changing group: the assignment it returns is a snapshot, not a fixed point."""
+
+
+def warn_not_converged(
+    what: str, n_iter: int, change: str, advice: str, stacklevel: int = 3
+) -> None:
+    """Issue the :class:`EMNotConvergedWarning` of every EM loop in one wording: which loop,
+    how many iterations ran, what still changed at the last one, what to try.
+    ``stacklevel=3`` names the line that called the public function that calls this."""
+    warnings.warn(
+        f"{what} did not converge: it stopped at the n_iter cap after {n_iter} iterations; "
+        f"at the last one {change}. {advice}",
+        EMNotConvergedWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def describe_last_change(
+    assignments: list[IntArray], initial: IntArray, hard: bool, objective: list[float]
+) -> str:
+    """What an unconverged EM's last iteration still changed (for its warning): the share of
+    users that moved (hard), or the objective's relative improvement (soft)."""
+    if hard:
+        before = assignments[-2] if len(assignments) > 1 else initial
+        return f"{np.mean(assignments[-1] != before):.0%} of users changed group"
+    if len(objective) > 1:
+        rel = (objective[-1] - objective[-2]) / (1.0 + abs(objective[-1]))
+        return f"the objective changed by {rel:.1e} relative to 1 + |L| (above tol)"
+    return "there was no earlier objective to compare with (soft EM needs two iterations)"
 
 
 def log_sigmoid(x: ArrayLike) -> FloatArray:
@@ -273,6 +309,7 @@ def run_em(
     n_iter: int,
     tol: float,
     penalty: Callable[[], float] | None = None,
+    warn: bool = True,
 ) -> EMTrace:
     """The EM loop shared by the linear (:func:`fit_em`) and neural
     (``training.neural_mixture.fit_neural_em``) mixtures; only the M-step and the margins
@@ -282,7 +319,9 @@ def run_em(
     all of them) with row weights ``w = c * gamma[user, k]``; ``margins()`` returns (n, K)
     ``r_u(y_w) - r_u(y_l)`` under the current rewards; ``penalty()`` the regularizer
     subtracted from the objective. Hard EM stops when the assignment stops changing, soft EM
-    when the objective improves by less than ``tol * (1 + |L|)``.
+    when the objective improves by less than ``tol * (1 + |L|)``; reaching ``n_iter`` first
+    gives ``converged=False`` and, with ``warn``, an :class:`EMNotConvergedWarning` (callers
+    that pick among several runs pass ``warn=False`` and warn about the one they keep).
     """
     n_users, K = init.size, int(n_groups)
     counts = np.bincount(uidx, minlength=n_users)  # (n_users,) comparisons per user
@@ -318,6 +357,14 @@ def run_em(
             if len(lls) > 1 and lls[-1] - lls[-2] < tol * (1.0 + abs(lls[-1])):
                 converged = True
                 break
+    if warn and not converged:
+        warn_not_converged(
+            f"run_em ({'hard' if hard else 'soft'} EM)",
+            len(lls),
+            describe_last_change(assignments, np.asarray(init), hard, lls),
+            "Raise n_iter; if groups keep swapping, start from several assignments and keep "
+            "the best objective.",
+        )
     return EMTrace(
         assignment=np.argmax(gamma, axis=1),
         responsibilities=gamma,
@@ -346,6 +393,7 @@ def _run(Z, uidx, c, init, K, hard, n_iter, lam, tol) -> EMResult:
         n_iter=n_iter,
         tol=tol,
         penalty=lambda: 0.5 * lam * float(np.sum(theta * theta)),
+        warn=False,  # fit_em warns about the restart it keeps
     )
     return EMResult(
         user_ids=np.empty(0),
@@ -389,7 +437,8 @@ def fit_em(
         Hard EM (each user to its best group, the paper's algorithm) or soft EM
         (responsibilities ``gamma[h, u] ∝ pi_u exp(S[h, u])`` and mixture weights pi).
     n_iter : int
-        Maximum EM iterations per restart.
+        Maximum EM iterations per restart; a kept restart that reaches it without converging
+        gives ``converged=False`` and an :class:`EMNotConvergedWarning`.
     n_restarts : int
         Restart 0 starts round-robin, others from random balanced assignments drawn from
         ``np.random.default_rng(seed)``; the restart with the best final objective is kept.
@@ -428,6 +477,17 @@ def fit_em(
             best = res
     assert best is not None
     best.user_ids = ids
+    if not best.converged:
+        warn_not_converged(
+            f"fit_em ({'hard' if hard else 'soft'} EM"
+            + (f", the best of {int(n_restarts)} restarts)" if n_restarts > 1 else ")"),
+            best.n_iter,
+            describe_last_change(
+                best.assignments, np.asarray(best.initial), hard, best.log_likelihood
+            ),
+            "Raise n_iter, try n_restarts > 1, or a larger lam (a reward that fits noise "
+            "keeps users swapping groups).",
+        )
     return best
 
 
@@ -438,10 +498,13 @@ def select_n_groups(
     candidates: Sequence[int] = (1, 2, 3, 4),
     holdout_fraction: float = 0.5,
     seed: int = 0,
-    rule: str = "one_se",
+    rule: Literal["one_se", "max"] = "one_se",
     **kw: Any,
 ) -> tuple[int, list[dict[str, float]]]:
     """Pick K by the log-likelihood of held-out users (users are split, not comparisons).
+
+    ``chosen`` and ``rejected`` are feature rows (n, d) of each comparison's winner and
+    loser, ``users`` (n,) the user of each; ``rule`` is ``'one_se'`` or ``'max'``.
 
     A random ``holdout_fraction`` of the users is held out; for each K in ``candidates``,
     ``fit_em(..., seed=seed, **kw)`` is fit on the rest and each held-out user h gets

@@ -9,6 +9,12 @@ models did not train on. One model per (fold, group) slot is warm-started across
 iterations, as the in-sample EM warm-starts its group models, so one iteration costs about
 what an in-sample iteration does (each comparison trains ``n_folds - 1`` models); the final
 model of each group is trained on all of its comparisons.
+
+A fine-tuned transformer is trained to separation on its few comparisons, so its held-out
+margins are overconfident; the E-step therefore scores each group's margins at a
+temperature fitted on its users' held-out comparisons (``calibrate``, on by default; see
+:mod:`pluralign.core.crossfit_em`). ``n_starts > 1`` runs EM from further random starts with
+fresh fold models (each start costs a full EM) and keeps the best held-out likelihood.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ def fit_neural_crossfit_em(
     n_folds: int = 2,
     n_iter: int = 10,
     seed: int = 0,
+    calibrate: bool = True,
+    n_starts: int = 1,
     max_length: int = 128,
     train_args: dict[str, Any] | None = None,
     progress: bool = False,
@@ -45,8 +53,11 @@ def fit_neural_crossfit_em(
 
     ``make_model(k)`` returns a fresh model with ``num_labels=1``; it is called under
     ``torch.manual_seed`` from ``seed`` and the slot, so heads are reproducible.
-    ``train_args``: ``RewardConfig`` overrides for every M-step. Returns the generic result
-    with ``models`` = the K final models (group k's trained on all of its comparisons)."""
+    ``train_args``: ``RewardConfig`` overrides for every M-step. ``calibrate``, ``n_starts``:
+    as in :func:`~pluralign.core.crossfit_em.cross_fitted_hard_em`; a later start's fold
+    models are fresh (slot ``s * n_folds + f``) and an earlier start's are freed once it
+    ends. Returns the generic result with ``models`` = the K final models (group k's trained
+    on all of its comparisons)."""
     if len(chosen) != len(rejected):
         raise ValueError(f"chosen has {len(chosen)} texts, rejected {len(rejected)}")
     chosen, rejected = list(chosen), list(rejected)
@@ -55,6 +66,9 @@ def fit_neural_crossfit_em(
 
     def fit(rows: IntArray, slot: tuple[int, int]) -> PreTrainedModel:
         fold, k = slot
+        first = fold - fold % n_folds if fold >= 0 else 0  # this start's first fold model
+        for old in [s for s in slots if 0 <= s[0] < first]:  # an earlier start's: done
+            del slots[old]
         if slot not in slots:
             torch.manual_seed(seed + 100 * (fold + 1) + k)
             model = make_model(k)
@@ -78,5 +92,5 @@ def fit_neural_crossfit_em(
 
     return cross_fitted_hard_em(
         fit, margins, users, n_groups, n_folds=n_folds, n_iter=n_iter, seed=seed,
-        progress=progress,
+        calibrate=calibrate, n_starts=n_starts, progress=progress,
     )  # fmt: skip

@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pluralign._typing import FloatArray, IntArray
-from pluralign.core.mixture import MixtureScoring, prepare_users, run_em
+from pluralign.core.mixture import (
+    MixtureScoring,
+    describe_last_change,
+    prepare_users,
+    run_em,
+    warn_not_converged,
+)
 from pluralign.training.reward_models import score_texts, tokenize_pairs, train_reward_model
 
 
@@ -111,7 +117,8 @@ def fit_neural_em(
         Hard EM trains each model on its users' comparisons; soft EM trains every model on all
         comparisons weighted by responsibility (K times the compute).
     n_iter : int
-        Maximum EM iterations (one M-step + one E-step each).
+        Maximum EM iterations (one M-step + one E-step each); stopping there unconverged
+        gives ``converged=False`` and an ``EMNotConvergedWarning``.
     init : array_like, shape (n_users,), optional
         Initial group of each user (sorted ids); default round robin, as in the paper.
     alt_weights : array_like, shape (n,), optional
@@ -188,6 +195,7 @@ def fit_neural_em(
         hard=hard,
         n_iter=int(n_iter),
         tol=tol,
+        warn=False,  # warned below, at the caller's line
     )
     bar.close()
     res.assignment = trace.assignment
@@ -196,4 +204,13 @@ def fit_neural_em(
     res.log_likelihood = trace.log_likelihood
     res.assignments = trace.assignments
     res.converged = trace.converged
+    if not trace.converged:
+        warn_not_converged(
+            f"fit_neural_em ({'hard' if hard else 'soft'} EM)",
+            len(trace.log_likelihood),
+            describe_last_change(trace.assignments, g, hard, trace.log_likelihood),
+            "Raise n_iter (each M-step is a few epochs of Adam, so groups can keep drifting); "
+            "a reward that memorises its pairs needs the cross-fitted E-step "
+            "(fit_neural_crossfit_em).",
+        )
     return res
