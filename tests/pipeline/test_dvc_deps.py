@@ -52,6 +52,7 @@ def test_closure_includes_the_packages_python_runs_on_the_way() -> None:
         "src/pluralign/__init__.py",
         "src/pluralign/_typing.py",
         "src/pluralign/core/__init__.py",
+        "src/pluralign/core/_checks.py",
         "src/pluralign/core/clones.py",
         "src/pluralign/core/bradley_terry.py",
     }

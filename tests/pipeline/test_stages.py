@@ -34,6 +34,13 @@ TEXT_METRICS = {
     },
 }  # fmt: skip
 VERDICTS = {"no power", "reproduced", "partly", "not reproduced"}
+#: Every stage that fits an EM reports whether it converged (1) or stopped at its cap (0).
+CONVERGED = {
+    "03_em_mixtures": ["text_neural_converged", "text_neural_crossfit_converged",
+                       "planted_converged_share", "text_linear_converged_share"],
+    "04_maxmin_ppo_gpt2": ["em_oracle_converged", "em_text_converged"],
+    "05_maxmin_ppo_tulu2": ["em_converged_1to1", "em_converged_10to1"],
+}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- static checks
@@ -152,6 +159,8 @@ def test_stage_runs_offline_end_to_end(stage: str, pipeline: _Pipeline) -> None:
     numbers = {k: v for k, v in metrics.items() if k not in words}
     assert metrics and all(isinstance(v, int | float) for v in _leaves(numbers))
     assert all(isinstance(metrics[k], str) for k in words)
+    for key in CONVERGED.get(stage, []):
+        assert 0 <= metrics[key] <= 1, key
     if stage == "05_maxmin_ppo_tulu2":
         _check_maxmin_tulu2_cpu(metrics)
     manifest = json.loads((out / "results" / "manifests" / f"{stage}.json").read_text())
@@ -185,6 +194,7 @@ def _check_maxmin_tulu2_cpu(metrics: dict) -> None:
     for run, n in (("1to1", 2 * users), ("10to1", users + users // ratio)):
         assert -1.0 <= metrics[f"em_ari_{run}"] <= 1.0
         assert 0 <= metrics[f"em_users_moved_{run}"] <= n
+        assert metrics[f"em_converged_{run}"] in (0, 1)  # an EM says whether it converged
     assert -1.0 <= metrics["em_ari_start_10to1"] <= 1.0
     # the primary judge (each group's rule) unsuffixed, the held-out RMs suffixed
     for suffix in ("", "_heldout_rm"):

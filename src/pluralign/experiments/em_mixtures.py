@@ -26,6 +26,7 @@ and EM must recover the groups from the comparisons alone.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ from pluralign.core.maxmin_theory import (
     pooled_reward,
 )
 from pluralign.core.mixture import (
+    EMNotConvergedWarning,
     fit_em,
     match_groups,
     select_n_groups,
@@ -73,6 +75,7 @@ HEADLINE: tuple[str, ...] = (
     "text_neural_ari",
     "text_neural_crossfit_ari",
     "text_neural_crossfit_converged",
+    "planted_converged_share",
 )
 
 
@@ -151,12 +154,18 @@ def planted_linear_problem(
 def _fit_and_score(
     psi: FloatArray, sim: SimulatedComparisons, held: SimulatedComparisons, K: int, **em: Any
 ) -> dict[str, float]:
-    res = fit_em(psi[sim.chosen], psi[sim.rejected], sim.user, K, **em)
+    """ARI on training and held-out users, iterations, and whether EM converged. A sweep
+    fits hundreds of mixtures: whether each converged is a column (the notebook reports
+    the share), not a warning per fit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EMNotConvergedWarning)
+        res = fit_em(psi[sim.chosen], psi[sim.rejected], sim.user, K, **em)
     _, held_groups = res.assign(psi[held.chosen], psi[held.rejected], held.user)
     return {
         "ari": adjusted_rand_score(sim.user_group, res.assignment),
         "heldout_ari": adjusted_rand_score(held.user_group, held_groups),
         "n_iter": res.n_iter,
+        "converged": bool(res.converged),
     }
 
 

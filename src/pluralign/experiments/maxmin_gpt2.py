@@ -248,6 +248,7 @@ class TierFit:
     em_ari: float
     in_sample_ari: float  # the paper's in-sample E-step on the same data, for comparison
     in_sample_moved: float
+    in_sample_converged: bool
 
 
 def fit_tier(
@@ -281,6 +282,7 @@ def fit_tier(
         em_ari=float(adjusted_rand_score(truth, em.assignment)),
         in_sample_ari=float(adjusted_rand_score(truth, inside.assignment)),
         in_sample_moved=float(np.mean(inside.assignment != inside.initial)),
+        in_sample_converged=bool(inside.converged),
     )
 
 

@@ -580,7 +580,9 @@ class RewardModels:
 
     def em_summary(self) -> dict[str, dict[str, float]]:
         """Per EM run: ARI against the planted groups, users moved from the start,
-        iterations, and ARI of the start itself (what "EM did nothing" would score)."""
+        iterations, ARI of the start itself (what "EM did nothing" would score), whether it
+        converged (1) or stopped at its cap (0), and the last E-step's largest temperature
+        (how much the calibration cooled an overconfident reward model)."""
         out = {}
         for name, em in self.em.items():
             truth = self.em_data[name].user_group
@@ -590,6 +592,8 @@ class RewardModels:
                 "users_moved": int((em.assignment != em.initial).sum()),
                 "users": len(truth),
                 "iterations": int(em.n_iter),
+                "converged": int(em.converged),
+                "max_temperature": float(np.max(em.temperatures[-1])) if em.temperatures else 1.0,
             }
         return out
 
