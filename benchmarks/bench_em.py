@@ -3,7 +3,8 @@
 Planted data: K orthogonal rewards of norm 3 in d dimensions, users assigned to groups at
 random, each comparison between two N(0, I) feature vectors drawn from the user's group's BT
 model. Table 1 times ``fit_em`` (hard and soft) and the cross-fitted hard EM
-(``crossfit_em.cross_fitted_hard_em``, 2 folds: notebook 04's E-step) to convergence at the
+(``crossfit_em.cross_fitted_hard_em``, 2 folds: notebook 04's E-step), with its default
+per-group temperature calibration and without (what calibration costs), to convergence at the
 headline size (goal: 10,000 users x 100 comparisons, d = 32, K = 4 in under 10 s on 2
 cores); table 2 the time per
 EM iteration as users grow, which should grow about linearly (E- and M-step are vectorized
@@ -46,9 +47,12 @@ def make_data(n_users: int, per_user: int, d: int, K: int, seed: int):
 def _child(conn, n_users: int, args: argparse.Namespace, how: str) -> None:
     ch, rj, u, groups = make_data(n_users, args.per_user, args.d, args.K, args.seed)
     t0 = time.perf_counter()
-    if how == "cross-fitted":
+    if how.startswith("cross-fitted"):
         fit, margins = fit_linear(ch, rj, lam=1e-2)
-        res = cross_fitted_hard_em(fit, margins, u, args.K, n_iter=args.n_iter, seed=args.seed)
+        res = cross_fitted_hard_em(
+            fit, margins, u, args.K, n_iter=args.n_iter, seed=args.seed,
+            calibrate=how == "cross-fitted",
+        )  # fmt: skip
     else:
         res = fit_em(ch, rj, u, args.K, hard=how == "hard", n_iter=args.n_iter, seed=args.seed)
     sec = time.perf_counter() - t0
@@ -95,7 +99,7 @@ def main() -> None:
     print(f"d = {args.d}, K = {args.K}, {args.per_user} comparisons per user, cap {args.cap:g} s")
     print("\n| EM | users | comparisons | seconds | iterations | converged | ARI |")
     print("|---|---|---|---|---|---|---|")
-    for name in ("hard", "soft", "cross-fitted"):
+    for name in ("hard", "soft", "cross-fitted", "cross-fitted, uncalibrated"):
         out = timed(headline, args, name)
         n = headline * args.per_user
         if out is None:

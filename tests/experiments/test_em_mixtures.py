@@ -36,7 +36,9 @@ from pluralign.experiments.em_mixtures import (
 from pluralign.pipeline.config import load_stage_config
 from pluralign.training.reward_models import RewardModelSettings
 
-RECOVERY_COLUMNS = ["sweep", "x", "seed", "method", "ari", "heldout_ari", "n_iter"]
+RECOVERY_COLUMNS = [
+    "sweep", "x", "seed", "method", "ari", "heldout_ari", "n_iter", "converged",
+]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- helpers
@@ -435,6 +437,7 @@ def test_text_recovery_oracle_recovers_groups() -> None:
         "ari",
         "heldout_ari",
         "n_iter",
+        "converged",
     ]
     assert len(df) == 2 * 2 * 2
     assert df.groupby(["features", "comparisons_per_user"]).size().eq(2).all()

@@ -113,7 +113,7 @@ def test_notebook_06_paper_path_runs_on_local_standins(tmp_path: Path) -> None:
     proc, attempts = run_stage("06_inverse_alignment", params_file, out, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert attempts == []
-    metrics = flatten(json.loads((out / "results/metrics/06_inverse_alignment.json").read_text()))
+    metrics = flatten(json.loads((out / "results/details/06_inverse_alignment.json").read_text()))
     assert metrics["records"] == 24
     arms = ["vanilla", "frft_P1", "frft_P2", "frft_P3", "frft_P4", "random"]
     assert {f"{a}_truth" for a in arms} <= set(metrics)

@@ -1115,11 +1115,11 @@ def test_em_summary_scores_each_run_against_the_planted_groups():
     em = {
         "perfect": SimpleNamespace(
             assignment=np.array([1, 1, 1, 0, 0, 0]), initial=np.array([0, 1, 0, 1, 0, 1]),
-            n_iter=3,
+            n_iter=3, converged=True, temperatures=[np.array([1.0, 2.5])],
         ),
         "stuck": SimpleNamespace(
             assignment=np.array([0, 1, 0, 1, 0, 1]), initial=np.array([0, 1, 0, 1, 0, 1]),
-            n_iter=1,
+            n_iter=1, converged=False, temperatures=[],
         ),
     }  # fmt: skip
     rms = mt.RewardModels({}, em, {"perfect": truth, "stuck": truth}, {})
@@ -1131,6 +1131,8 @@ def test_em_summary_scores_each_run_against_the_planted_groups():
     assert out["stuck"]["ari"] == pytest.approx(out["stuck"]["ari_start"])
     assert out["perfect"]["ari_start"] == pytest.approx(out["stuck"]["ari"])
     assert out["stuck"]["ari"] < 0.5
+    assert (out["perfect"]["converged"], out["stuck"]["converged"]) == (1, 0)
+    assert out["perfect"]["max_temperature"] == 2.5
 
 
 # --------------------------------------------------------------------------- evaluation

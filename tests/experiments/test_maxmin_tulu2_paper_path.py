@@ -211,7 +211,7 @@ def test_notebook_05_hub_path_runs_on_local_standins(tmp_path: Path) -> None:
 
 
 def check_hub_outputs(out: Path) -> None:
-    metrics = json.loads((out / "results/metrics/05_maxmin_ppo_tulu2.json").read_text())
+    metrics = json.loads((out / "results/details/05_maxmin_ppo_tulu2.json").read_text())
     assert metrics == flatten(metrics)  # flat keys
     assert not any(k.startswith("proxy") for k in metrics)  # no proxy pretraining here
     assert not (out / "models" / "llama_proxy").exists()

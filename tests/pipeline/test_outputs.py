@@ -313,6 +313,19 @@ def test_promote_needs_every_declared_output_and_replaces_folders_whole(tmp_path
     assert not staging.exists()
 
 
+def test_an_output_the_run_says_it_does_not_write_loses_its_stale_copy(tmp_path: Path) -> None:
+    """Notebook 05 on the paper profile trains no Llama proxy: the cpu run's proxy must not
+    pass for the paper run's."""
+    staging, dest = tmp_path / "staging", tmp_path / "dest"
+    write_json_atomic(staging / "results" / "metrics" / "x.json", {"a": 2})
+    (dest / "models" / "proxy").mkdir(parents=True)
+    (dest / "models" / "proxy" / "w.bin").write_text("cpu run")
+    declared = ["models/proxy", "results/metrics/x.json"]
+    promote(staging, dest, declared, {"models/proxy": "paper profile: no proxy"})
+    assert not (dest / "models" / "proxy").exists()
+    assert json.loads((dest / "results" / "metrics" / "x.json").read_text()) == {"a": 2}
+
+
 # --------------------------------------------------------------------------- 4. clean reruns
 
 

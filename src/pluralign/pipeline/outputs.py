@@ -15,9 +15,10 @@ Two rules:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -152,19 +153,31 @@ def prepare_staging(stage: str, dest: Path, inputs: Iterable[str]) -> Path:
     return staging
 
 
-def promote(staging: Path, dest: Path, declared: Iterable[str]) -> list[Path]:
+def promote(
+    staging: Path, dest: Path, declared: Iterable[str], not_written: Mapping[str, str] | None = None
+) -> list[Path]:
     """Move what the run wrote from ``staging`` into ``dest`` and remove ``staging``.
 
-    Every declared output must be there (else ConfigError, nothing moved); a declared
-    folder (a model) replaces the old one whole; other files the notebook wrote move one by
-    one. Each move is a rename, so a reader sees the old file or the new one."""
-    declared = list(declared)
+    Every declared output must be there (else ConfigError, nothing moved) unless
+    ``not_written`` says why this run does not produce it; then the previous run's copy in
+    ``dest`` is removed, so that it cannot pass for this run's. A declared folder (a model)
+    replaces the old one whole; other files the notebook wrote move one by one. Each move is
+    a rename, so a reader sees the old file or the new one."""
+    skipped = dict(not_written or {})
+    declared = [rel for rel in declared if rel not in skipped]
     missing = [rel for rel in declared if not (staging / rel).exists()]
     if missing:
         raise ConfigError(
             f"the run finished without writing {', '.join(missing)}, which dvc.yaml declares; "
             f"previous outputs left in place, this run's files kept in {staging}"
         )
+    for rel, why in skipped.items():
+        old = dest / rel
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink(missing_ok=True)
+        print(f"{rel}: not written by this run ({why}); no previous copy kept in its place")
     moved: list[Path] = []
     for rel in declared:
         moved.append(_replace(staging / rel, dest / rel))
@@ -176,6 +189,14 @@ def promote(staging: Path, dest: Path, declared: Iterable[str]) -> list[Path]:
         dirs[:] = [d for d in dirs if not (Path(folder) / d).is_symlink()]
     shutil.rmtree(staging)
     return moved
+
+
+def run_not_written(staging: Path, stage: str) -> dict[str, str]:
+    """The ``not_written`` outputs the finished run recorded in its manifest."""
+    manifest = staging / "results" / "manifests" / f"{stage}.json"
+    if not manifest.is_file():
+        return {}
+    return dict(json.loads(manifest.read_text(encoding="utf-8")).get("not_written", {}))
 
 
 def _replace(source: Path, target: Path) -> Path:

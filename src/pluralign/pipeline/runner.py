@@ -35,6 +35,7 @@ from pluralign.pipeline.outputs import (
     declared_outputs,
     prepare_staging,
     promote,
+    run_not_written,
     upstream_inputs,
 )
 from pluralign.pipeline.paths import ProjectPaths, project_root
@@ -129,7 +130,8 @@ def run_notebook(
             file=sys.stderr,
         )
         raise
-    promote(staging, dest, declared_outputs(stage, root / "dvc.yaml"))
+    declared = declared_outputs(stage, root / "dvc.yaml")
+    promote(staging, dest, declared, run_not_written(staging, stage))
     return ProjectPaths(dest).executed_notebook(stage)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -62,6 +63,7 @@ class Stage(Generic[C]):
         timings: dict[str, Any] | None = None,
         *,
         headline: tuple[str, ...],
+        not_written: Mapping[str, str] | None = None,
     ) -> Path:
         """Write the stage's details, metrics and manifest; return the metrics path.
 
@@ -71,6 +73,10 @@ class Stage(Generic[C]):
         machine kind writes the same bytes. ``metrics`` must be a function of the params
         alone and may nest (flattened as ``a.b.c``); wall-clock numbers go to ``timings``,
         kept in the run manifest (``results/manifests/<stage>.json``).
+
+        ``not_written`` maps an output ``dvc.yaml`` declares to why this run does not produce
+        it (notebook 05's Llama proxy on the paper profile): the runner then removes the
+        previous run's copy instead of failing, so no stale file passes for this run's.
         """
         if len(headline) > MAX_HEADLINE:
             raise ValueError(
@@ -85,6 +91,7 @@ class Stage(Generic[C]):
         manifest |= {
             "overrides": self.overrides,
             "metric_digits": METRIC_DIGITS,
+            "not_written": dict(not_written or {}),
             "timings": timings or {},
         }
         write_json_atomic(self.paths.manifest(self.name), manifest)
