@@ -100,17 +100,25 @@ def save_dir_atomic(path: str | os.PathLike[str], write: Callable[[Path], None])
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    old = target.with_name(f".{target.name}.old")
     try:
         write(tmp)
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def swap_dir(source: Path, target: Path) -> Path:
+    """Move the finished folder ``source`` onto ``target`` (same file system): the old
+    ``target`` is set aside first and removed only once ``source`` is in its place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old, ignore_errors=True)
     return target
 
 

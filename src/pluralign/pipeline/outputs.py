@@ -35,7 +35,7 @@ from pluralign.pipeline.config import (
     resolve_profile,
     stage_param_sections,
 )
-from pluralign.pipeline.io import config_fingerprint, flatten
+from pluralign.pipeline.io import config_fingerprint, flatten, swap_dir
 from pluralign.pipeline.paths import SCRATCH, from_root, project_root
 
 STAGING = ".staging"
@@ -200,15 +200,8 @@ def run_not_written(staging: Path, stage: str) -> dict[str, str]:
 
 
 def _replace(source: Path, target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
     if source.is_dir() and not source.is_symlink():
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(source, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(source, target)
+        return swap_dir(source, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
     return target
