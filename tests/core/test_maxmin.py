@@ -169,3 +169,12 @@ def test_every_rule_lies_between_the_minimum_and_the_maximum(R, tau):
     for how in ("maxmin_batch", "maxmin_sample", "softmin"):
         a, _ = aggregate(R, how, tau)
         assert np.all(a <= hi + 1e-9) and np.all(a >= lo - slack)
+
+
+def test_normalizer_keeps_checked_floats_and_refuses_text() -> None:
+    from pluralign.core.maxmin import Normalizer
+
+    norm = Normalizer(np.float32(1.5), 2)
+    assert type(norm.mean) is float and type(norm.std) is float
+    with pytest.raises(ValueError, match="must be numbers"):
+        Normalizer("1", 1)

@@ -46,8 +46,13 @@ class Normalizer:
     std: float
 
     def __post_init__(self) -> None:
-        number(self.mean, "Normalizer mean")
-        number(self.std, "Normalizer std", low=0.0, low_open=True)
+        if isinstance(self.mean, str) or isinstance(self.std, str):
+            raise ValueError(
+                f"Normalizer mean and std must be numbers, got {self.mean!r}, {self.std!r}"
+            )
+        # frozen: store the checked floats (a NumPy scalar or int becomes a float)
+        object.__setattr__(self, "mean", number(self.mean, "Normalizer mean"))
+        object.__setattr__(self, "std", number(self.std, "Normalizer std", low=0.0, low_open=True))
 
     @classmethod
     def fit(cls, values: Sequence[float]) -> Normalizer:

@@ -113,13 +113,20 @@ def swap_dir(source: Path, target: Path) -> Path:
     ``target`` is set aside first and removed only once ``source`` is in its place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     old = target.with_name(f".{target.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
+    remove_path(old)
+    if target.exists() or target.is_symlink():
         os.replace(target, old)
     os.replace(source, target)
-    shutil.rmtree(old, ignore_errors=True)
+    remove_path(old)
     return target
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file, a link (not what it points to) or a folder, if there."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -166,11 +173,17 @@ def git_state(root: str | os.PathLike[str]) -> dict[str, Any]:
         return out.stdout
 
     sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "-z", "--untracked-files=no")
     if status is None:
         return {"sha": sha.strip() if sha else None, "dirty": None, "changed": []}
-    paths = [line[3:].split(" -> ")[-1].strip('"') for line in status.splitlines() if line]
-    changed = [p for p in paths if not p.startswith(OUTPUT_PATHS)]
+    # -z: "XY path\0", and a rename or copy is followed by its old path as one more entry
+    paths, entries = [], iter(status.split("\0"))
+    for entry in entries:
+        if len(entry) > 3:
+            paths.append(entry[3:])
+            if entry[0] in "RC" or entry[1] in "RC":
+                paths.append(next(entries, ""))
+    changed = [p for p in paths if p and not p.startswith(OUTPUT_PATHS)]
     return {"sha": sha.strip() if sha else None, "dirty": bool(changed), "changed": changed[:20]}
 
 
@@ -213,7 +226,10 @@ def config_fingerprint(*parts: Any) -> str:
 
 #: Significant digits every metric is written with: enough for any number we report, few
 #: enough that a rerun on the same machine kind (another thread count, JupyterLab instead
-#: of DVC) writes the same file. Values below ``ZERO`` in magnitude are written as 0.
+#: of DVC) writes the same file unless a value straddles a rounding boundary (then its 6th
+#: digit differs). Values below ``ZERO`` in magnitude are written as 0: far below anything
+#: reported here (a permutation p-value is at least 1 / its permutations), and a numerical
+#: zero such as -1e-17 would otherwise flip sign between runs.
 METRIC_DIGITS = 6
 ZERO = 1e-12
 
@@ -223,7 +239,7 @@ def round_metrics(obj: Any, digits: int = METRIC_DIGITS) -> Any:
     lists too), ``-0.0`` and values below ``ZERO`` as ``0.0``; ints and bools unchanged."""
     if isinstance(obj, dict):
         return {k: round_metrics(v, digits) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
+    if isinstance(obj, list | tuple | np.ndarray):
         return [round_metrics(v, digits) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()

@@ -8,7 +8,8 @@ Two rules:
   ``params.yaml`` resolves; ``dvc exp run -S`` edits ``params.yaml`` itself, so DVC
   experiments still write ``results/``, which DVC tracks per experiment.
 * **A run replaces its outputs only when it finished.** The runner executes the notebook
-  into a staging folder (``<root>/.staging/<stage>``) and moves each output into place at
+  with ``$PLURALIGN_STAGE_INTO`` naming a staging folder (``<root>/.staging/<stage>``), where
+  :func:`pluralign.pipeline.stage.start_stage` writes, and moves each output into place at
   the end, one rename each; DVC declares the outputs ``persist: true`` so it does not delete
   them first. A bad param, a crash or a kill leaves the previous outputs as they were.
 """
@@ -35,10 +36,13 @@ from pluralign.pipeline.config import (
     resolve_profile,
     stage_param_sections,
 )
-from pluralign.pipeline.io import config_fingerprint, flatten, swap_dir
+from pluralign.pipeline.io import config_fingerprint, flatten, remove_path, swap_dir
 from pluralign.pipeline.paths import SCRATCH, from_root, project_root
 
 STAGING = ".staging"
+#: Set by the runner in the kernel's environment: the folder the stage writes into, while the
+#: notebook's ``output_root`` parameter (and so the executed copy) names the real destination.
+STAGE_INTO = "PLURALIGN_STAGE_INTO"
 
 
 # --------------------------------------------------------------------------- default root
@@ -163,7 +167,14 @@ def promote(
     ``dest`` is removed, so that it cannot pass for this run's. A declared folder (a model)
     replaces the old one whole; other files the notebook wrote move one by one. Each move is
     a rename, so a reader sees the old file or the new one."""
+    declared = list(declared)
     skipped = dict(not_written or {})
+    unknown = sorted(set(skipped) - set(declared))
+    if unknown:
+        raise ConfigError(
+            f"not_written names {unknown}, which dvc.yaml does not declare for this stage "
+            f"(declared: {declared}); nothing moved, this run's files kept in {staging}"
+        )
     declared = [rel for rel in declared if rel not in skipped]
     missing = [rel for rel in declared if not (staging / rel).exists()]
     if missing:
@@ -171,16 +182,10 @@ def promote(
             f"the run finished without writing {', '.join(missing)}, which dvc.yaml declares; "
             f"previous outputs left in place, this run's files kept in {staging}"
         )
-    for rel, why in skipped.items():
-        old = dest / rel
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink(missing_ok=True)
+    moved = [_replace(staging / rel, dest / rel) for rel in declared]
+    for rel, why in skipped.items():  # only once this run's outputs are in place
+        remove_path(dest / rel)
         print(f"{rel}: not written by this run ({why}); no previous copy kept in its place")
-    moved: list[Path] = []
-    for rel in declared:
-        moved.append(_replace(staging / rel, dest / rel))
     for folder, dirs, files in os.walk(staging):  # does not descend into the links
         for name in sorted(files):
             path = Path(folder) / name

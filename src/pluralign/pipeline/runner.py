@@ -6,8 +6,10 @@
 Why a runner instead of calling papermill in ``dvc.yaml``: the cpu profile must be
 offline *before* the kernel imports ``huggingface_hub`` (it reads ``HF_HUB_OFFLINE`` once,
 at import); a bad param must fail before any kernel starts; and a run must replace its
-outputs only once it finished. The notebook writes into ``<root>/.staging/<stage>/`` and the
-runner moves every output into place at the end (:mod:`pluralign.pipeline.outputs`); DVC
+outputs only once it finished. The notebook writes into ``<root>/.staging/<stage>/`` (named
+in the kernel's ``$PLURALIGN_STAGE_INTO``; its ``output_root`` parameter stays the real
+destination) and the runner moves every output into place at the end
+(:mod:`pluralign.pipeline.outputs`); DVC
 declares them ``persist: true``, so a failed run leaves the previous outputs as they were.
 """
 
@@ -31,6 +33,7 @@ from pluralign.pipeline.config import (
     resolve_profile,
 )
 from pluralign.pipeline.outputs import (
+    STAGE_INTO,
     choose_output_root,
     declared_outputs,
     prepare_staging,
@@ -106,7 +109,7 @@ def run_notebook(
     executed = ProjectPaths(staging).executed_notebook(stage)
     executed.parent.mkdir(parents=True, exist_ok=True)
 
-    os.environ.update(kernel_environment(chosen, root))
+    os.environ.update(kernel_environment(chosen, root) | {STAGE_INTO: str(staging)})
     try:
         papermill.execute_notebook(
             str(notebook),
@@ -114,7 +117,7 @@ def run_notebook(
             parameters={
                 "params_file": str(params_path),
                 "profile": chosen,
-                "output_root": str(staging),
+                "output_root": str(dest),  # the executed copy names where results go
                 "overrides": changes,
             },
             cwd=str(root),

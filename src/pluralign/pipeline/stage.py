@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from pluralign.pipeline.io import (
     split_headline,
     write_json_atomic,
 )
-from pluralign.pipeline.outputs import choose_output_root
+from pluralign.pipeline.outputs import STAGE_INTO, choose_output_root
 from pluralign.pipeline.paths import ProjectPaths, project_root
 from pluralign.pipeline.plotting import set_theme
 
@@ -85,8 +86,10 @@ class Stage(Generic[C]):
             )
         details = round_metrics(metrics)
         top, missing = split_headline(details, headline)
-        if missing:
-            print(f"{self.name}: headline metrics this run did not report: {missing}")
+        if missing:  # e.g. a claim that is only stated with power: visible, not fatal
+            warnings.warn(
+                f"{self.name}: headline metrics this run did not report: {missing}", stacklevel=2
+            )
         manifest = run_manifest(self.name, self.config, project_root())
         manifest |= {
             "overrides": self.overrides,
@@ -162,9 +165,10 @@ def start_stage(
     check_parameters(name, sections[name], injected_parameters())
     config = load_stage_config(sections[name], config_class, params_file, profile, overrides)
     root = choose_output_root(name, params_file, profile, overrides, output_root)
+    staging = os.environ.get(STAGE_INTO)  # under the runner: write there, it promotes
     if config.profile == "cpu":
         use_offline_hub()
     set_seed(config.seed)
     set_theme()
-    paths = ProjectPaths(root, upstream=project_root())
+    paths = ProjectPaths(Path(staging) if staging else root, upstream=project_root())
     return Stage(name=name, config=config, paths=paths, overrides=parse_overrides(overrides))
