@@ -138,14 +138,21 @@ def sentence_encoder_source(name: str = PACKAGED) -> Source:
     return Source(packaged_minilm()) if name == PACKAGED else resolve_source(name, "encoder")
 
 
-def load_sentence_encoder(name: str = PACKAGED, device: str = "cpu") -> SentenceTransformer:
-    """all-MiniLM-L6-v2 (384-d, unit-norm with its Normalize module) as a SentenceTransformer."""
+def load_sentence_encoder(name: str = PACKAGED, device: str | None = None) -> SentenceTransformer:
+    """all-MiniLM-L6-v2 (384-d, unit-norm with its Normalize module) as a SentenceTransformer,
+    on ``device`` (default :func:`pluralign.pipeline.device.compute_device`: the GPU when
+    there is one; the paper profile encodes hundreds of thousands of texts)."""
     from sentence_transformers import SentenceTransformer
+
+    from pluralign.pipeline.device import compute_device
 
     src = sentence_encoder_source(name)
     try:
         return SentenceTransformer(
-            src.name, device=device, revision=src.revision, local_files_only=src.local
+            src.name,
+            device=str(device or compute_device()),
+            revision=src.revision,
+            local_files_only=src.local,
         )
     except (OSError, ValueError) as err:
         raise AssetError(f"{src}: cannot load sentence encoder: {err}") from err

@@ -201,6 +201,8 @@ def run_manifest(stage: str, config: Any, root: str | os.PathLike[str]) -> dict[
     """What is needed to tell whether two results came from the same run setup."""
     import torch
 
+    from pluralign.pipeline.device import precision_record
+
     return {
         "stage": stage,
         "config": to_jsonable(config),
@@ -210,6 +212,7 @@ def run_manifest(stage: str, config: Any, root: str | os.PathLike[str]) -> dict[
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "packages": package_versions(),
+        "compute": precision_record(),
     }
 
 

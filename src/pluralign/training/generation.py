@@ -173,7 +173,15 @@ def kl_to_reference(
         ]
         width = max(map(len, rows))
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        lp = response_logprobs(policy.eval(), ids, plen_, pad, temperature)
-        lr = response_logprobs(ref.eval(), ids, plen_, pad, temperature)
+        lp = _logprobs_on_cpu(policy, ids, plen_, pad, temperature)
+        lr = _logprobs_on_cpu(ref, ids, plen_, pad, temperature)
         total.append((lp - lr).numpy())
     return float(np.concatenate(total).mean())
+
+
+def _logprobs_on_cpu(model, ids: torch.Tensor, prompt_len: int, pad: int, temperature: float):
+    """:func:`response_logprobs` on ``model``'s own device, returned as CPU float64: after
+    PPO the policy sits on the GPU while a reference may not, so each model gets the ids
+    where it is and the difference is taken on the CPU."""
+    lp = response_logprobs(model.eval(), ids.to(model.device), prompt_len, pad, temperature)
+    return lp.to(device="cpu", dtype=torch.float64)

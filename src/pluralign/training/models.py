@@ -2,7 +2,8 @@
 
 Every load goes through :func:`pluralign.pipeline.assets.resolve_source` (a hub name needs
 ``@revision``; a local folder is checked file by file before transformers sees it) and
-reads safetensors only, never with ``trust_remote_code``.
+reads safetensors only, never with ``trust_remote_code``. A loaded model goes to
+:func:`pluralign.pipeline.device.compute_device` (the GPU when there is one).
 
 * :func:`load_policy_stack`: notebooks 04 and 06's tokenizer, reference policy and
   factories of fresh policies and reward models (a stage name such as
@@ -24,6 +25,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pluralign.pipeline.assets import AssetError, Source, load_gpt2_tokenizer, resolve_source
+from pluralign.pipeline.device import compute_device
 from pluralign.pipeline.paths import ProjectPaths
 
 #: Upstream stages whose model folder a config may name instead of a hub model.
@@ -74,17 +76,7 @@ def load_causal_lm(name_or_path: str | os.PathLike[str], **kwargs: Any) -> PreTr
     """A causal LM from a checked local folder or a pinned hub name (safetensors only)."""
     from transformers import AutoModelForCausalLM
 
-    src = model_source(name_or_path)
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            src.name,
-            revision=src.revision,
-            use_safetensors=True,
-            local_files_only=src.local,
-            **kwargs,
-        )
-    except (OSError, ValueError, RuntimeError) as err:
-        raise AssetError(f"{src}: cannot load causal LM: {err}") from err
+    return _load(AutoModelForCausalLM, name_or_path, "causal LM", kwargs)
 
 
 def load_sequence_classifier(
@@ -93,9 +85,16 @@ def load_sequence_classifier(
     """A sequence classifier / reward model backbone, checked like :func:`load_causal_lm`."""
     from transformers import AutoModelForSequenceClassification
 
+    return _load(AutoModelForSequenceClassification, name_or_path, "sequence classifier", kwargs)
+
+
+def _load(auto: Any, name_or_path: str | os.PathLike[str], what: str, kwargs: dict[str, Any]):
+    """``auto.from_pretrained`` on safetensors only, then onto :func:`compute_device` unless
+    the caller placed it (``device_map``, e.g. a quantised base): a frozen judge or reward
+    model left on the CPU beside a GPU policy would score on the CPU."""
     src = model_source(name_or_path)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model = auto.from_pretrained(
             src.name,
             revision=src.revision,
             use_safetensors=True,
@@ -103,7 +102,18 @@ def load_sequence_classifier(
             **kwargs,
         )
     except (OSError, ValueError, RuntimeError) as err:
-        raise AssetError(f"{src}: cannot load sequence classifier: {err}") from err
+        if not src.local and "safetensors" in str(err).lower():
+            raise AssetError(
+                f"{src}: this revision has no *.safetensors weights, and pickled .bin weights "
+                "are not loaded (unpickling can run code). Pin a revision that has "
+                "model.safetensors (the hub's safetensors conversion pull request, "
+                "<name>@refs/pr/<n>, often has one), or convert the weights on a trusted "
+                f"machine and name the local folder instead. ({err})"
+            ) from err
+        raise AssetError(f"{src}: cannot load {what}: {err}") from err
+    if "device_map" not in kwargs and model.device != compute_device():
+        model = model.to(compute_device())
+    return model
 
 
 def load_tokenizer(name_or_path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:

@@ -48,7 +48,9 @@ def fit_neural_crossfit_em(
     max_length: int = 128,
     train_args: dict[str, Any] | None = None,
     progress: bool = False,
-) -> CrossFitEMResult[PreTrainedModel]:
+    activate: Callable[[Any], PreTrainedModel] | None = None,
+    release: Callable[[Any], None] | None = None,
+) -> CrossFitEMResult[Any]:
     """Cross-fitted hard EM over K transformer BT reward models (TRL's ``RewardTrainer``).
 
     ``make_model(k)`` returns a fresh model with ``num_labels=1``; it is called under
@@ -57,24 +59,30 @@ def fit_neural_crossfit_em(
     as in :func:`~pluralign.core.crossfit_em.cross_fitted_hard_em`; a later start's fold
     models are fresh (slot ``s * n_folds + f``) and an earlier start's are freed once it
     ends. Returns the generic result with ``models`` = the K final models (group k's trained
-    on all of its comparisons)."""
+    on all of its comparisons).
+
+    ``activate`` and ``release`` let the slots share one base model: ``make_model`` then
+    returns a handle (e.g. an adapter name of a
+    :class:`~pluralign.training.adapter_bank.AdapterBank`), ``activate(handle)`` returns the
+    model to train or score with that handle's weights, and ``release(handle)`` frees a slot
+    that an ended start no longer needs. Without them a handle is the model itself."""
     if len(chosen) != len(rejected):
         raise ValueError(f"chosen has {len(chosen)} texts, rejected {len(rejected)}")
     chosen, rejected = list(chosen), list(rejected)
-    slots: dict[tuple[int, int], PreTrainedModel] = {}
+    slots: dict[tuple[int, int], Any] = {}
     calls = [0]
+    use = activate or (lambda handle: handle)
 
     def fit(rows: IntArray, slot: tuple[int, int]) -> PreTrainedModel:
         fold, k = slot
         first = fold - fold % n_folds if fold >= 0 else 0  # this start's first fold model
         for old in [s for s in slots if 0 <= s[0] < first]:  # an earlier start's: done
-            del slots[old]
+            (release or _drop)(slots.pop(old))
         if slot not in slots:
             torch.manual_seed(seed + 100 * (fold + 1) + k)
-            model = make_model(k)
-            if getattr(model.config, "num_labels", None) != 1:
+            slots[slot] = make_model(k)
+            if getattr(use(slots[slot]).config, "num_labels", None) != 1:
                 raise ValueError(f"make_model({k}) must return a model with num_labels=1")
-            slots[slot] = model
         if rows.size == 0:
             raise ValueError(f"group {k} has no comparisons to train on outside fold {fold}")
         pairs = tokenize_pairs(
@@ -82,15 +90,23 @@ def fit_neural_crossfit_em(
         )
         calls[0] += 1
         args = {**(train_args or {}), "seed": seed + 1000 * calls[0]}
-        train_reward_model(slots[slot], tokenizer, pairs, **args)
+        train_reward_model(use(slots[slot]), tokenizer, pairs, **args)
         return slots[slot]
 
-    def margins(model: PreTrainedModel, rows: IntArray) -> FloatArray:
+    def margins(handle: Any, rows: IntArray) -> FloatArray:
+        model = use(handle)
         win = score_texts(model, tokenizer, [chosen[i] for i in rows], max_length)
         lose = score_texts(model, tokenizer, [rejected[i] for i in rows], max_length)
         return np.asarray(win, dtype=np.float64) - np.asarray(lose, dtype=np.float64)
 
-    return cross_fitted_hard_em(
+    result = cross_fitted_hard_em(
         fit, margins, users, n_groups, n_folds=n_folds, n_iter=n_iter, seed=seed,
         calibrate=calibrate, n_starts=n_starts, progress=progress,
     )  # fmt: skip
+    for slot in [s for s in slots if s[0] >= 0]:  # fold models: only the E-steps needed them
+        (release or _drop)(slots.pop(slot))
+    return result
+
+
+def _drop(handle: Any) -> None:
+    """A slot held by the model itself is freed once nothing refers to it."""

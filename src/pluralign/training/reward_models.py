@@ -28,6 +28,7 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 from pluralign._typing import FloatArray
+from pluralign.pipeline.device import pin_mixed_precision
 from pluralign.training._hf import quiet, use_text_progress
 
 
@@ -128,10 +129,12 @@ def tokenize_pairs(
 
 
 def reward_config(output_dir: str, **overrides: Any) -> RewardConfig:
-    """CPU-safe defaults (no bf16 autocast, no checkpoints, no hub, no reporting)."""
+    """Defaults for every reward model: no checkpoints, no hub, no reporting, and the
+    project's precision rule (bf16 autocast on a bf16 GPU, fp32 otherwise, whatever the
+    launcher: :mod:`pluralign.pipeline.device`)."""
     kw: dict[str, Any] = {
         "output_dir": output_dir,
-        "bf16": False,
+        "bf16": pin_mixed_precision() == "bf16",
         "use_cpu": not torch.cuda.is_available(),
         "report_to": [],
         "save_strategy": "no",
