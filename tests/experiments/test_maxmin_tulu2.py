@@ -43,7 +43,6 @@ from pluralign.data.psoups import (
     with_preference,
 )
 from pluralign.data.text import chat_prompt_ids
-from pluralign.experiments import _rlhf as rlhf
 from pluralign.experiments import maxmin_tulu2 as mt
 from pluralign.experiments.maxmin_tulu2 import (
     GROUPS,
@@ -58,6 +57,7 @@ from pluralign.experiments.maxmin_tulu2 import (
 )
 from pluralign.pipeline.assets import AssetError, Source, load_gpt2_tokenizer, resolve_source
 from pluralign.pipeline.config import load_stage_config
+from pluralign.pipeline.device import compute_device
 from pluralign.training import generation
 from pluralign.training.generation import (
     GenerationSettings,
@@ -162,7 +162,9 @@ def test_backbone_spec_of_the_proxy_and_of_a_pinned_hub_model(tmp_path: Path, mo
 
     def fake_from_pretrained(name, **kwargs):
         calls.append((name, kwargs))
-        return SimpleNamespace(config=SimpleNamespace(), generation_config=SimpleNamespace())
+        return SimpleNamespace(
+            config=SimpleNamespace(), generation_config=SimpleNamespace(), device=compute_device()
+        )
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
     model = load_base_policy(backbone_spec(hub, tmp_path), pad_token_id=7)
@@ -1056,74 +1058,111 @@ def test_comparisons_biased_refuses_to_keep_no_minority_user():
     _comparisons([0] * 30 + [1] * 10).biased(10)  # one is enough
 
 
-def test_fit_reward_models_trains_each_model_on_its_data(cfg, tok, monkeypatch):
+class FakeBank:
+    """The adapter bank's interface, recording what each named model learned from."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, SimpleNamespace] = {}
+        self.dropped: list[str] = []
+
+    def add(self, name: str, lora) -> str:
+        assert name not in self.models
+        self.models[name] = SimpleNamespace(name=name, seen=None)
+        return name
+
+    def use(self, name: str) -> SimpleNamespace:
+        return self.models[name]
+
+    def write(self, name: str, folder: Path) -> None:
+        (folder / "adapter_config.json").write_text(json.dumps(self.models[name].seen))
+
+    def drop(self, name: str) -> None:
+        self.dropped.append(name)
+
+
+def test_fit_reward_models_trains_each_model_on_its_data(cfg, tok, monkeypatch, tmp_path):
     """Which data each reward model learns from: the single RM and EM's 10:1 run on the
-    biased mix, each group RM on its whole group, each judge on the judges' rows only."""
+    biased mix, each group RM on its whole group, each judge on the judges' rows only; each
+    is saved as an adapter and freed, and a rerun reuses every saved one."""
     full = _comparisons([0] * 4 + [1] * 4, per_user=3)
     judge = {"majority": (["jc-maj"], ["jr-maj"]), "minority": (["jc-min"], ["jr-min"])}
     data = mt.PreferenceData(full, judge)
-    fitted: list[tuple[str, list[str]]] = []
     em_calls: list[dict[str, Any]] = []
 
     def fake_fit(model, tokenizer, chosen, rejected, settings, seed):
         assert settings == cfg.reward_model and seed == cfg.seed and tokenizer is tok
         model.seen = (list(chosen), list(rejected))
-        fitted.append(model.seen)
         return model
 
     def fake_em(chosen, rejected, users, k, new_model, tokenizer, **kwargs):
         em_calls.append({"chosen": list(chosen), "users": np.asarray(users), "k": k} | kwargs)
         models = [new_model(0), new_model(1)]
-        return SimpleNamespace(models=models)
+        for m in models:
+            kwargs["activate"](m).seen = (list(chosen), list(rejected))
+        start = np.arange(len(np.unique(users))) % 2
+        return SimpleNamespace(
+            models=models, assignment=start, initial=start, n_iter=2, converged=True,
+            temperatures=[np.ones(2)],
+        )  # fmt: skip
 
     monkeypatch.setattr(mt, "fit_reward_model", fake_fit)
-    monkeypatch.setattr(rlhf, "fit_reward_model", fake_fit)  # the per-group models' trainer
     monkeypatch.setattr(mt, "fit_neural_crossfit_em", fake_em)
-    rms = mt.fit_reward_models(cfg, data, lambda: SimpleNamespace(), tok)
-    assert list(rms.models) == [
+    bank = FakeBank()
+    rms = mt.fit_reward_models(cfg, data, bank, tok, tmp_path / "rms")
+    assert list(rms.adapters) == [
         "single", "group_majority", "group_minority", "judge_majority", "judge_minority",
         "em0", "em1",
     ]  # fmt: skip
+    assert set(bank.dropped) == set(bank.models)  # every model freed once saved
+    seen = {
+        name: tuple(json.loads((folder / "adapter_config.json").read_text()))
+        for name, folder in rms.adapters.items()
+    }
     biased = full.biased(cfg.ratio)
     owners = lambda texts: sorted({_owner(t) for t in texts})  # noqa: E731
-    assert rms.models["single"].seen == (biased.chosen, biased.rejected)
-    assert owners(rms.models["single"].seen[0]) == [0, 1, 2, 3, 4, 5]  # 4 + 4 // 2
-    assert owners(rms.models["group_majority"].seen[0]) == [0, 1, 2, 3]
-    assert owners(rms.models["group_minority"].seen[0]) == [4, 5, 6, 7]
-    assert rms.models["judge_majority"].seen == (["jc-maj"], ["jr-maj"])
-    assert rms.models["judge_minority"].seen == (["jc-min"], ["jr-min"])
+    assert seen["single"] == (biased.chosen, biased.rejected)
+    assert owners(seen["single"][0]) == [0, 1, 2, 3, 4, 5]  # 4 + 4 // 2
+    assert owners(seen["group_majority"][0]) == [0, 1, 2, 3]
+    assert owners(seen["group_minority"][0]) == [4, 5, 6, 7]
+    assert seen["judge_majority"] == (["jc-maj"], ["jr-maj"])
+    assert seen["judge_minority"] == (["jc-min"], ["jr-min"])
+    assert seen["em0"] == (biased.chosen, biased.rejected)  # MaxMin-EM: the 10:1 mixture
     assert list(rms.em) == ["10to1", "1to1"] and len(em_calls) == 2
+    assert rms.em["10to1"]["users"] == 6 and rms.em["1to1"]["users"] == 8
     assert em_calls[0]["chosen"] == biased.chosen and em_calls[1]["chosen"] == full.chosen
     np.testing.assert_array_equal(em_calls[0]["users"], biased.user_of)
     for call in em_calls:
         assert call["k"] == 2 and call["n_folds"] == cfg.em_folds
         assert call["n_iter"] == cfg.em_iters and call["seed"] == cfg.seed
         assert call["max_length"] == cfg.reward_model.max_length
-    assert rms.models["em0"] is rms.em["10to1"].models[0]  # MaxMin-EM: the 10:1 mixture
-    assert rms.em_data["10to1"].chosen == biased.chosen and rms.em_data["1to1"] is full
-    assert set(rms.seconds) == {
-        "single", "groups", "judge_majority", "judge_minority", "em_10to1", "em_1to1",
-    }  # fmt: skip
+        assert call["release"] == bank.drop  # EM slots share the bank's base
+    assert set(rms.seconds) == ({*rms.adapters} - {"em0", "em1"}) | {"em_10to1", "em_1to1"}
+    assert rms.cached == []
+    # a rerun (a stage that crashed in PPO) trains nothing: every adapter is reused
+    monkeypatch.setattr(mt, "fit_reward_model", lambda *a, **k: pytest.fail("retrained"))
+    monkeypatch.setattr(mt, "fit_neural_crossfit_em", lambda *a, **k: pytest.fail("refit EM"))
+    again = mt.fit_reward_models(cfg, data, FakeBank(), tok, tmp_path / "rms")
+    assert again.adapters == rms.adapters and again.em == rms.em
+    assert again.cached == [*list(rms.adapters)[:5], "em_10to1", "em_1to1"]
     # the judges' models are trained only when they judge
+    monkeypatch.setattr(mt, "fit_reward_model", fake_fit)
+    monkeypatch.setattr(mt, "fit_neural_crossfit_em", fake_em)
     no_rm_judge = dataclasses.replace(cfg, judges=["ground_truth"])
-    rms = mt.fit_reward_models(no_rm_judge, data, lambda: SimpleNamespace(), tok)
-    assert not any(name.startswith("judge_") for name in rms.models)
+    rms = mt.fit_reward_models(no_rm_judge, data, FakeBank(), tok, tmp_path / "other")
+    assert not any(name.startswith("judge_") for name in rms.adapters)
 
 
 def test_em_summary_scores_each_run_against_the_planted_groups():
-    truth = _comparisons([0, 0, 0, 1, 1, 1])
-    em = {
-        "perfect": SimpleNamespace(
-            assignment=np.array([1, 1, 1, 0, 0, 0]), initial=np.array([0, 1, 0, 1, 0, 1]),
-            n_iter=3, converged=True, temperatures=[np.array([1.0, 2.5])],
-        ),
-        "stuck": SimpleNamespace(
-            assignment=np.array([0, 1, 0, 1, 0, 1]), initial=np.array([0, 1, 0, 1, 0, 1]),
-            n_iter=1, converged=False, temperatures=[],
-        ),
-    }  # fmt: skip
-    rms = mt.RewardModels({}, em, {"perfect": truth, "stuck": truth}, {})
-    out = rms.em_summary()
+    truth = _comparisons([0, 0, 0, 1, 1, 1]).user_group
+    perfect = SimpleNamespace(
+        assignment=np.array([1, 1, 1, 0, 0, 0]), initial=np.array([0, 1, 0, 1, 0, 1]),
+        n_iter=3, converged=True, temperatures=[np.array([1.0, 2.5])],
+    )  # fmt: skip
+    stuck = SimpleNamespace(
+        assignment=np.array([0, 1, 0, 1, 0, 1]), initial=np.array([0, 1, 0, 1, 0, 1]),
+        n_iter=1, converged=False, temperatures=[],
+    )  # fmt: skip
+    out = {"perfect": mt.em_run_summary(perfect, truth), "stuck": mt.em_run_summary(stuck, truth)}
     assert out["perfect"]["ari"] == pytest.approx(1.0)  # labels swapped: still perfect
     assert out["perfect"]["users_moved"] == 4 and out["perfect"]["users"] == 6
     assert out["perfect"]["iterations"] == 3

@@ -62,3 +62,6 @@ def getaddrinfo(host, *args, **kwargs):
 socket.socket.connect = connect
 socket.socket.connect_ex = connect_ex
 socket.getaddrinfo = getaddrinfo
+
+if os.environ.get("PLURALIGN_BASE_TRACE"):  # the memory-accounting test of notebook 05
+    import base_trace  # noqa: F401

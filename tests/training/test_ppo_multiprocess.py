@@ -105,6 +105,6 @@ def test_notebook_05_arm_runs_under_accelerate_launch(tmp_path: Path, monkeypatc
     out = launch_arm(spec, tmp_path / "spec.json", str(config))
     log, timing = read_arm(out)
     assert timing["processes"] == 2
-    assert list(log["update"]) == [1, 2]  # both updates, each on 2 x 4 prompts
+    assert list(log["update"]) == [1, 2]  # both updates, each on 4 prompts (2 per rank)
     assert log["gt_majority"].notna().sum() == 1  # probed once, at the end of the chunk
     assert (out / "adapter" / "adapter_config.json").is_file()

@@ -60,6 +60,25 @@ def kv_cache_bytes(
     return 2 * batch_size * seq_len * hidden_size * n_layers * act_bytes
 
 
+def bases_held(
+    n_reward_models: int,
+    *,
+    shared_base: bool,
+    value_shares_policy_base: bool,
+    reference_from_adapters: bool,
+) -> int:
+    """How many frozen copies of the base one LoRA PPO update holds (see
+    :func:`ppo_memory_estimate`): the policy's, the reference's unless it is the policy with
+    its adapter off, the value model's unless it shares the policy's, and one per reward
+    model unless they share one base. A test counts the bases the code really holds."""
+    return (
+        1
+        + (0 if reference_from_adapters else 1)
+        + (0 if value_shares_policy_base else 1)
+        + (1 if shared_base else n_reward_models)
+    )
+
+
 def ppo_memory_estimate(
     n_params: float,
     n_layers: int,
@@ -177,3 +196,15 @@ def ppo_update_seconds(
     }
     parts["total"] = sum(parts.values())
     return parts
+
+
+def free_memory() -> None:
+    """Return the memory of models no longer referenced (``del`` them first): collect
+    Python's cycles, then hand CUDA's cached blocks back, so the next base fits."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

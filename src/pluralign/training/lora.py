@@ -112,7 +112,19 @@ def with_lora(model, config: LoraConfig) -> PeftModel:
         config.target_modules = set(lora_target_modules(model))
     # GPT-2 stores its projections as Conv1D (in, out); saying so avoids peft's warning.
     config.fan_in_fan_out = getattr(model.config, "model_type", None) == "gpt2"
-    return get_peft_model(model, config)
+    return fp32_trainables(get_peft_model(model, config))
+
+
+def fp32_trainables(model: torch.nn.Module) -> torch.nn.Module:
+    """Every trainable parameter in fp32, on a bf16 base too.
+
+    peft keeps LoRA weights in fp32, but a ``modules_to_save`` head (the reward models'
+    ``score``) is a copy of the base's bf16 head: trained in bf16, Adam's small updates
+    round away (review of 2026-12, defect 7). Autocast computes in bf16 either way."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -210,7 +222,7 @@ def lora_policy(
 ):
     """The policy to train: the backbone with a fresh LoRA adapter (or the one saved in
     ``adapter_dir``, for evaluation)."""
-    base = _prepare(load_base_policy(spec, pad_token_id), spec, pad_token_id)
+    base = policy_base(spec, pad_token_id)
     if adapter_dir is None:
         return with_lora(base, policy_lora_config(r=r))
     from peft import PeftModel
@@ -218,13 +230,26 @@ def lora_policy(
     return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
 
 
+def classifier_base(spec: BackboneSpec, pad_token_id: int):
+    """The backbone as a one-logit sequence classifier, prepared for LoRA, no adapter: the
+    base of :func:`lora_classifier` or of an
+    :class:`~pluralign.training.adapter_bank.AdapterBank` of reward models."""
+    base = load_sequence_classifier(spec.source, num_labels=1, **spec.kwargs())
+    return _prepare(base, spec, pad_token_id)
+
+
+def policy_base(spec: BackboneSpec, pad_token_id: int):
+    """The causal LM prepared for LoRA, no adapter: the base of :func:`lora_policy` or of an
+    :class:`~pluralign.training.adapter_bank.AdapterBank` of trained policies."""
+    return _prepare(load_base_policy(spec, pad_token_id), spec, pad_token_id)
+
+
 def lora_classifier(
     spec: BackboneSpec, pad_token_id: int, r: int, adapter_dir: str | Path | None = None
 ):
     """A reward or value model: the backbone with one logit, LoRA and a trained ``score``
     head (fresh, or loaded from ``adapter_dir``)."""
-    base = load_sequence_classifier(spec.source, num_labels=1, **spec.kwargs())
-    base = _prepare(base, spec, pad_token_id)
+    base = classifier_base(spec, pad_token_id)
     if adapter_dir is None:
         return with_lora(base, reward_lora_config(r=r))
     from peft import PeftModel

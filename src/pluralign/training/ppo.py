@@ -10,15 +10,18 @@ loads the last complete chunk and continues; because a chunk's randomness depend
 its index and its starting state is restored exactly, the result equals an uninterrupted run
 (tested).
 
-CPU pitfalls handled here: ``bf16=False``; PAD != EOS;
+Pitfalls handled here: precision by the project's rule (bf16 on a bf16 GPU, fp32 otherwise,
+whatever the launcher: :mod:`pluralign.pipeline.device`); PAD != EOS;
 ``stop_token="eos"``; rollout batch = per-device batch (no accumulation); constant lr;
 ``num_sample_generations=0``; the value model is the policy's architecture with a new
-one-output head.
+one-output head; TRL's batch arithmetic checked before any trainer is built
+(:func:`check_batch`).
 
 Several processes (``accelerate launch``, DDP): every rank runs this function on the same
-``workdir``; ``total_episodes`` counts the episodes of all ranks (TRL's update consumes
-``batch_size`` prompts per rank), only the main process writes checkpoints, and all ranks
-wait for it before going on, so a resume reads one consistent state.
+``workdir``; one update consumes ``batch_size`` prompts in all, ``batch_size / ranks`` per
+rank, so a run means the same on one GPU or eight; only the main process writes
+checkpoints, and all ranks wait for it before going on, so a resume reads one consistent
+state.
 
 LoRA (peft) policy: the reference is the policy with its adapter disabled (TRL's
 ``null_ref_context``; no second copy of a 7B base), and checkpoints hold the adapter
@@ -44,6 +47,7 @@ from transformers import PreTrainedModel, TrainerCallback
 
 from pluralign._typing import TextScore
 from pluralign.core.maxmin import Aggregation, Normalizer
+from pluralign.pipeline.device import pin_mixed_precision
 from pluralign.pipeline.io import save_dir_atomic, set_seed, write_json_atomic
 from pluralign.training._hf import quiet
 from pluralign.training.generation import GenerationSettings
@@ -58,6 +62,7 @@ class PPOSettings:
 
     n_updates: int
     batch_size: int
+    """Prompts per PPO update, over all processes."""
     num_mini_batches: int = 2
     num_ppo_epochs: int = 2
     learning_rate: float = 2e-4
@@ -74,6 +79,39 @@ class PPOSettings:
             raise ValueError("batch_size must be a multiple of num_mini_batches")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        check_batch(self, processes=1)
+
+
+#: TRL 1.12's ``PPOTrainer`` asserts this per-rank mini-batch when it whitens rewards.
+MIN_WHITENING_BATCH = 8
+
+
+def check_batch(settings: PPOSettings, processes: int) -> int:
+    """TRL 1.12's batch arithmetic for ``processes`` ranks, checked before anything loads
+    (its trainer asserts it only once the models are built); returns the per-rank batch.
+
+    Per rank: ``batch_size / processes`` prompts, cut into ``num_mini_batches``; whitening
+    needs mini-batches of at least :data:`MIN_WHITENING_BATCH` (TRL ``ppo_trainer.py``)."""
+    if processes < 1 or settings.batch_size % processes:
+        raise ValueError(
+            f"ppo.batch_size {settings.batch_size} must be a multiple of the {processes} "
+            "processes: each rank takes an equal share of an update's prompts"
+        )
+    local = settings.batch_size // processes
+    if local % settings.num_mini_batches:
+        raise ValueError(
+            f"ppo: the per-rank batch {local} (batch_size {settings.batch_size} / {processes} "
+            f"processes) must be a multiple of num_mini_batches {settings.num_mini_batches}"
+        )
+    mini = local // settings.num_mini_batches
+    if settings.whiten_rewards and mini < MIN_WHITENING_BATCH:
+        raise ValueError(
+            f"ppo: whiten_rewards needs per-rank mini-batches of >= {MIN_WHITENING_BATCH} "
+            f"(TRL asserts it); batch_size {settings.batch_size} / {processes} processes / "
+            f"num_mini_batches {settings.num_mini_batches} gives {mini}: lower "
+            "num_mini_batches, raise batch_size, or turn whitening off"
+        )
+    return local
 
 
 class _Collect(TrainerCallback):
@@ -211,6 +249,8 @@ def run_ppo(
 
     trainer_class = _ddp_safe_trainer()
     state = PartialState(cpu=not torch.cuda.is_available())
+    local_batch = check_batch(settings, state.num_processes)
+    bf16 = pin_mixed_precision() == "bf16"
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +275,7 @@ def run_ppo(
         "generation": asdict(generation),
         "seed": seed,
         "n_prompts": len(prompts),
+        "precision": "bf16" if bf16 else "fp32",  # a checkpoint resumes in its own precision
     }
     meta_file = workdir / "run.json"
     if meta_file.is_file() and json.loads(meta_file.read_text()) != meta:
@@ -275,9 +316,9 @@ def run_ppo(
             config = PPOConfig(
                 output_dir=tmp,
                 seed=chunk_seed,
-                per_device_train_batch_size=settings.batch_size,
+                per_device_train_batch_size=local_batch,
                 gradient_accumulation_steps=1,
-                local_rollout_forward_batch_size=settings.batch_size,  # MaxMin-batch sees all
+                local_rollout_forward_batch_size=local_batch,  # MaxMin-batch sees all
                 num_mini_batches=settings.num_mini_batches,
                 num_ppo_epochs=settings.num_ppo_epochs,
                 learning_rate=settings.learning_rate,
@@ -287,12 +328,12 @@ def run_ppo(
                 response_length=generation.max_new_tokens,
                 temperature=generation.temperature,
                 stop_token="eos",
-                total_episodes=sizes[index] * settings.batch_size * state.num_processes,
+                total_episodes=sizes[index] * settings.batch_size,
                 num_sample_generations=0,
                 logging_steps=1,
                 save_strategy="no",
                 report_to=[],
-                bf16=False,
+                bf16=bf16,
                 use_cpu=not torch.cuda.is_available(),
                 disable_tqdm=True,
             )
