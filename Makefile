@@ -2,6 +2,7 @@
 #   make test                 lint (ruff, the import layers) + fast tests (what CI runs)
 #   make repro [PROFILE=cpu]  regenerate every metric and figure with DVC
 #   make lab                  JupyterLab on notebooks/, with the project's environment
+#   make smoke                the paper profile's code paths at tiny scale on this device
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 PROFILE ?= cpu
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test repro lint format bench lab deps clean-venv
+.PHONY: setup test repro lint format bench lab deps smoke clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +41,10 @@ endif
 # Rewrite dvc.yaml's code deps from the import graph (a test fails while they differ).
 deps: setup
 	$(BIN)/python scripts/sync_dvc_deps.py
+
+# The paper profile's smoke run (docs/gpu.md): on a GPU, before the first real run.
+smoke: setup
+	$(BIN)/python scripts/gpu_smoke.py --out scratch/gpu_smoke.json
 
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks

@@ -1010,11 +1010,11 @@ def read_arm(output_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluation_policies(cfg: Config, backbone: BackboneSpec, tok) -> AdapterBank:
+def evaluation_policies(backbone: BackboneSpec, tok, suppress_eos: bool) -> AdapterBank:
     """One policy base (EOS banned as in PPO) onto which each trained arm's adapter is
     loaded in turn; :class:`~pluralign.training.adapter_bank.WithoutAdapter` of it is the
     reference, so evaluation holds one policy base, not one per arm plus the SFT model."""
-    return AdapterBank(ban_eos(cfg.suppress_eos, policy_base(backbone, tok.pad_token_id), tok))
+    return AdapterBank(ban_eos(suppress_eos, policy_base(backbone, tok.pad_token_id), tok))
 
 
 def heldout_scorers(

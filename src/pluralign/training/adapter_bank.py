@@ -160,8 +160,9 @@ class AdapterBank:
 class WithoutAdapter(torch.nn.Module):
     """A peft model with its adapters off: the policy's reference on the same base.
 
-    Callable like a causal LM (``input_ids``, ``attention_mask``), with ``device`` and
-    ``eval``, which is what :func:`pluralign.training.generation.kl_to_reference` needs."""
+    Callable like a causal LM (``input_ids``, ``attention_mask``), with ``device``, ``eval``
+    and ``generate``: what :func:`pluralign.training.generation.kl_to_reference` and
+    :func:`~pluralign.training.generation.sample_rollouts` need."""
 
     def __init__(self, model: PeftModel) -> None:
         super().__init__()
@@ -174,3 +175,8 @@ class WithoutAdapter(torch.nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         with self.peft.disable_adapter():
             return self.peft(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """Sampling from the reference (the SFT answers), on the same base."""
+        with self.peft.disable_adapter():
+            return self.peft.generate(*args, **kwargs)
