@@ -50,7 +50,6 @@ EXPECTED = {
     "em_mixtures.paper.imdb": "stanfordnlp/imdb",
     "em_mixtures.paper.encoder": "sentence-transformers/all-MiniLM-L6-v2",
     "em_mixtures.paper.neural_backbone": "gpt2",
-    "maxmin_gpt2.paper.policy": "gpt2",
     "maxmin_gpt2.paper.judge": "lvwerra/distilbert-imdb",
     "maxmin_gpt2.paper.imdb": "stanfordnlp/imdb",
     "inverse_alignment.paper.policy": "gpt2-medium",
@@ -218,7 +217,7 @@ def test_unknown_repo_names_every_key_and_writes_nothing(params: Path) -> None:
     message = str(err.value)
     assert "maxmin_tulu2.paper.policy: allenai/tulu-2-7b: the hub has no model" in message
     assert "policy_pretrain.paper.init_from, policy_pretrain.paper.tokenizer" in message
-    assert "maxmin_gpt2.paper.policy" in message and "cannot pin 2 source(s)" in message
+    assert "em_mixtures.paper.neural_backbone" in message and "cannot pin 2 source(s)" in message
     assert params.read_bytes() == before
 
 

@@ -278,7 +278,7 @@ def run_ppo(
         "precision": "bf16" if bf16 else "fp32",  # a checkpoint resumes in its own precision
     }
     meta_file = workdir / "run.json"
-    if meta_file.is_file() and json.loads(meta_file.read_text()) != meta:
+    if meta_file.is_file() and _with_defaults(json.loads(meta_file.read_text())) != meta:
         raise ValueError(f"{workdir} holds checkpoints of a different run: {meta_file}")
     if state.is_main_process:
         write_json_atomic(meta_file, meta)
@@ -368,6 +368,11 @@ def run_ppo(
     bar.close()
     policy.eval()
     return policy, pd.DataFrame(logs)
+
+
+def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's run record, read as today's: runs before the precision rule were fp32."""
+    return {**meta, "precision": meta.get("precision", "fp32")}
 
 
 def _load(path: Path) -> Any:
