@@ -64,6 +64,7 @@ def main(out: Path, mode: str) -> None:
         "world_size": int(os.environ["WORLD_SIZE"]),
         "digest": digest,
         "rewards": [h["reward"] for h in adapter.history],
+        "batch": [h["n"] for h in adapter.history],
     }
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 

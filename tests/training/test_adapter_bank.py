@@ -41,51 +41,57 @@ def _scores(model, tok) -> torch.Tensor:
 def test_training_one_adapter_leaves_the_others_and_the_base(tok, tmp_path: Path) -> None:
     bank = AdapterBank(_classifier(tok))
     torch.manual_seed(1)
-    bank.add("a", reward_lora_config(r=4))
+    bank.add("one", reward_lora_config(r=4))
     torch.manual_seed(2)
-    bank.add("b", reward_lora_config(r=4))
-    a_before, b_before = _scores(bank.use("a"), tok), _scores(bank.use("b"), tok)
+    bank.add("two", reward_lora_config(r=4))
+    a_before, b_before = _scores(bank.use("one"), tok), _scores(bank.use("two"), tok)
     assert not torch.allclose(a_before, b_before)  # each adapter has its own fresh head
-    trainable = {n for n, p in bank.use("b").named_parameters() if p.requires_grad}
-    assert trainable and all(".b." in n or n.endswith(".b.weight") for n in trainable)
+    trainable = {n for n, p in bank.use("two").named_parameters() if p.requires_grad}
+    assert trainable and all(".two." in n or n.endswith(".two.weight") for n in trainable)
     settings = RewardModelSettings(3.0, 1e-2, 2, 16)
-    fit_reward_model(bank.use("b"), tok, ["good good"] * 4, ["bad bad"] * 4, settings, seed=0)
-    torch.testing.assert_close(_scores(bank.use("a"), tok), a_before)
-    b_after = _scores(bank.use("b"), tok)
+    fit_reward_model(bank.use("two"), tok, ["good good"] * 4, ["bad bad"] * 4, settings, seed=0)
+    torch.testing.assert_close(_scores(bank.use("one"), tok), a_before)
+    b_after = _scores(bank.use("two"), tok)
     assert b_after[0] - b_after[1] > b_before[0] - b_before[1]  # it learned the preference
     # saved and loaded onto another copy of the base, it scores as it did
-    bank.save("b", tmp_path / "b")
-    assert (tmp_path / "b" / "adapter_config.json").is_file()
+    bank.save("two", tmp_path / "two")
+    assert (tmp_path / "two" / "adapter_config.json").is_file()
     other = AdapterBank(_classifier(tok))
-    other.load("b", tmp_path / "b")
-    torch.testing.assert_close(_scores(other.use("b"), tok), b_after)
-    scorer = other.scorer("b", lambda m: lambda texts: score_texts(m, tok, texts, 16))
+    other.load("two", tmp_path / "two")
+    torch.testing.assert_close(_scores(other.use("two"), tok), b_after)
+    scorer = other.scorer("two", lambda m: lambda texts: score_texts(m, tok, texts, 16))
     torch.testing.assert_close(torch.as_tensor(scorer(TEXTS)), b_after)
 
 
 def test_dropping_frees_adapters_and_the_last_one_waits_for_the_next(tok) -> None:
     bank = AdapterBank(_classifier(tok))
-    bank.add("a", reward_lora_config(r=4))
-    bank.add("b", reward_lora_config(r=4))
-    bank.drop("a")
-    assert bank.names == ["b"] and list(bank.model.peft_config) == ["b"]
-    bank.drop("b")  # peft cannot hold no adapter: kept until the next arrives
+    bank.add("one", reward_lora_config(r=4))
+    bank.add("two", reward_lora_config(r=4))
+    bank.drop("one")
+    assert bank.names == ["two"] and list(bank.model.peft_config) == ["two"]
+    bank.drop("two")  # peft cannot hold no adapter: kept until the next arrives
     assert bank.names == []
     bank.add("c", reward_lora_config(r=4))
     assert bank.names == ["c"] and list(bank.model.peft_config) == ["c"]
-    with pytest.raises(KeyError, match="no adapter 'b'"):
-        bank.use("b")
+    with pytest.raises(KeyError, match="no adapter 'two'"):
+        bank.use("two")
     with pytest.raises(ValueError, match="already holds"):
+        bank.add("c", reward_lora_config(r=4))
+    bank.drop("c")  # the last one again: its name cannot come back while peft holds it
+    with pytest.raises(ValueError, match="use a new name"):
         bank.add("c", reward_lora_config(r=4))
 
 
 def test_trainable_weights_are_fp32_on_a_bf16_base(tok) -> None:
     """A ``modules_to_save`` head copied from a bf16 base would train in bf16 (defect 7)."""
     bank = AdapterBank(_classifier(tok, torch.bfloat16))
-    model = bank.use(bank.add("a", reward_lora_config(r=4)))
+    model = bank.use(bank.add("one", reward_lora_config(r=4)))
     dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
     assert dtypes == {torch.float32}
+    # outside autocast (scoring, TRL's value head) the fp32 head reads the bf16 trunk
+    assert torch.isfinite(torch.as_tensor(score_texts(model, tok, TEXTS, 16))).all()
     single = with_lora(_classifier(tok, torch.bfloat16), reward_lora_config(r=4))
+    assert torch.isfinite(torch.as_tensor(score_texts(single, tok, TEXTS, 16))).all()
     assert {p.dtype for p in single.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in single.parameters() if not p.requires_grad} == {torch.bfloat16}
 

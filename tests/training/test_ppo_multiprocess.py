@@ -48,6 +48,8 @@ def test_two_process_maxmin_ppo_ranks_agree(tmp_path: Path, mode: str) -> None:
     assert ranks[0]["digest"] == ranks[1]["digest"]  # one model, synchronized
     assert len(ranks[0]["rewards"]) == len(ranks[1]["rewards"]) == 2
     assert ranks[0]["rewards"] != ranks[1]["rewards"]  # each rank rolled out its own prompts
+    # batch_size 4 is the update's total: 2 prompts per rank, not 4 each (defect 10)
+    assert ranks[0]["batch"] == ranks[1]["batch"] == [2, 2]
     # One checkpoint folder, written once (rank 0), holding both updates.
     chunks = sorted(p.name for p in (tmp_path / "work").iterdir() if p.name.startswith("chunk"))
     assert chunks == ["chunk-0000"]

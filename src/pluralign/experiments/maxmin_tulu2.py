@@ -344,12 +344,18 @@ ZERO3_UNSUPPORTED = (
 )
 
 
+def launcher_path(launcher: str) -> Path:
+    """The accelerate config file ``launcher``: relative paths are from the project root
+    (a notebook in JupyterLab runs in ``notebooks/``)."""
+    path = Path(launcher)
+    return path if path.is_absolute() else project_root() / path
+
+
 def launcher_settings(launcher: str | None) -> dict[str, Any]:
     """The accelerate config file ``launcher`` (relative: from the project root), read."""
     if launcher is None:
         return {}
-    path = Path(launcher)
-    path = path if path.is_absolute() else project_root() / path
+    path = launcher_path(launcher)
     if not path.is_file():
         raise ValueError(f"launcher {launcher!r}: no accelerate config file at {path}")
     import yaml
@@ -985,6 +991,7 @@ def launch_arm(
     if launcher is None:
         return train_arm(spec, progress)
     spec.write(spec_file)
+    launcher = str(launcher_path(launcher))  # accelerate resolves it from the working directory
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [
         str(accelerate),

@@ -126,6 +126,11 @@ class AdapterBank:
         if name in self.names:
             raise ValueError(f"the bank already holds an adapter {name!r}")
         if self.model is not None and name in self.model.peft_config:  # a stale one
+            if len(self.model.peft_config) == 1:
+                raise ValueError(
+                    f"adapter {name!r} was dropped but is still the bank's only adapter "
+                    "(peft cannot hold none): use a new name"
+                )
             self._stale.discard(name)
             self._delete(name)
 

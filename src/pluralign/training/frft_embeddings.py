@@ -69,7 +69,9 @@ def logprob_profile(
             for i, q in enumerate(seqs):
                 ids[i, : len(q)] = torch.tensor(q)
                 mask[i, : len(q)] = 1
-            logits = policy(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            # the model's own device (a GPU on the paper path); the statistics on the CPU
+            logits = policy(input_ids=ids.to(policy.device), attention_mask=mask.to(policy.device))
+            logits = logits.logits[:, :-1].float().cpu()
             logp = torch.log_softmax(logits, dim=-1)
             target = ids[:, 1:]
             token_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
@@ -112,10 +114,10 @@ def hidden_mean(
             batch = tokenizer(
                 texts[s : s + batch_size], truncation=True, max_length=limit, padding=True,
                 return_tensors="pt",
-            )  # fmt: skip
+            ).to(base.device)  # fmt: skip
             hidden = base(**batch).last_hidden_state.float()
             m = batch["attention_mask"].unsqueeze(-1).float()
-            out.append(((hidden * m).sum(1) / m.sum(1).clamp(min=1.0)).numpy())
+            out.append(((hidden * m).sum(1) / m.sum(1).clamp(min=1.0)).cpu().numpy())
     finally:
         tokenizer.padding_side = pad_side
         base.train(was_training)

@@ -121,10 +121,22 @@ def fp32_trainables(model: torch.nn.Module) -> torch.nn.Module:
     peft keeps LoRA weights in fp32, but a ``modules_to_save`` head (the reward models'
     ``score``) is a copy of the base's bf16 head: trained in bf16, Adam's small updates
     round away (review of 2026-12, defect 7). Autocast computes in bf16 either way."""
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
+    for module in model.modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not any(p.dtype != torch.float32 for p in own):
+            continue
+        for param in own:
             param.data = param.data.float()
+        if isinstance(module, torch.nn.Linear):  # a head fed by the bf16 trunk
+            module.register_forward_pre_hook(_inputs_to_weight_dtype)
     return model
+
+
+def _inputs_to_weight_dtype(module: torch.nn.Module, args: tuple) -> tuple:
+    """Outside autocast (scoring, TRL's value head) a bf16 trunk's output meets the fp32
+    head: cast it, so the head computes in its own precision."""
+    dtype = module.weight.dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:

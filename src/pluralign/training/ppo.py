@@ -318,7 +318,7 @@ def run_ppo(
                 seed=chunk_seed,
                 per_device_train_batch_size=local_batch,
                 gradient_accumulation_steps=1,
-                local_rollout_forward_batch_size=local_batch,  # MaxMin-batch sees all
+                local_rollout_forward_batch_size=local_batch,  # one reward call per rank
                 num_mini_batches=settings.num_mini_batches,
                 num_ppo_epochs=settings.num_ppo_epochs,
                 learning_rate=settings.learning_rate,

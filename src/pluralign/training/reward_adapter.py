@@ -94,6 +94,7 @@ class TextRewardAdapter(nn.Module):
         names = list(self.rewards)
         self.history.append(
             {
+                "n": len(texts),  # this process's share of the update's prompts
                 "argmin_group": names[worst],
                 **{f"raw_{g}": float(raw[:, k].mean()) for k, g in enumerate(names)},
                 **{f"norm_{g}": float(norm[:, k].mean()) for k, g in enumerate(names)},
