@@ -58,6 +58,7 @@ from pluralign.experiments.maxmin_tulu2 import (
 from pluralign.pipeline.assets import AssetError, Source, load_gpt2_tokenizer, resolve_source
 from pluralign.pipeline.config import load_stage_config
 from pluralign.pipeline.device import compute_device
+from pluralign.pipeline.paths import project_root
 from pluralign.training import generation
 from pluralign.training.generation import (
     GenerationSettings,
@@ -1636,7 +1637,7 @@ def test_launch_arm_with_a_launcher_runs_accelerate_on_the_written_spec(
         str(Path(sys.executable).parent / "accelerate"),
         "launch",
         "--config_file",
-        "configs/accelerate/multi_gpu.yaml",
+        str(project_root() / "configs/accelerate/multi_gpu.yaml"),  # not the cwd's
         "-m",
         "pluralign.experiments.maxmin_tulu2",
         str(spec_file),
