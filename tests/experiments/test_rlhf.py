@@ -25,7 +25,6 @@ from pluralign.experiments._rlhf import (
     Arm,
     Evaluation,
     PreferencePairs,
-    fit_per_group,
     fit_single_and_em,
     per_run_metrics,
     probe_truth,
@@ -236,26 +235,6 @@ def test_fit_single_and_em_trains_the_pooled_model_first(monkeypatch) -> None:
         "progress": False,
     }
     assert em == {"em_models": ["model1", "model2", "model3"]}  # fresh models per group
-
-
-def test_fit_per_group_trains_each_group_on_its_own_rows(monkeypatch) -> None:
-    seen: dict[str, tuple] = {}
-    made = iter(range(100))
-
-    def fake_fit(model, tokenizer, chosen, rejected, settings, seed):
-        seen[model] = (list(chosen), list(rejected), settings, seed)
-        return f"fitted-{model}"
-
-    monkeypatch.setattr(_rlhf, "fit_reward_model", fake_fit)
-    chosen = [f"c{i}" for i in range(6)]
-    rejected = [f"r{i}" for i in range(6)]
-    out = fit_per_group(
-        chosen, rejected, np.array([1, 0, 1, 1, 0, 1]), ("maj", "min"),
-        lambda: f"m{next(made)}", "tok", SETTINGS, seed=3,
-    )  # fmt: skip
-    assert out == {"maj": "fitted-m0", "min": "fitted-m1"}  # one fresh model per group
-    assert seen["m0"] == (["c1", "c4"], ["r1", "r4"], SETTINGS, 3)
-    assert seen["m1"] == (["c0", "c2", "c3", "c5"], ["r0", "r2", "r3", "r5"], SETTINGS, 3)
 
 
 # --------------------------------------------------------------------------- arms

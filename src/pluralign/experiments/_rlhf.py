@@ -6,8 +6,8 @@ and lives here, so a notebook reads *data -> rewards -> PPO arms -> evaluation*:
 * :class:`PreferencePairs`: two reference samples per preference prompt, each group's
   ground truth of both, and an 80/20 split of the prompts into labelled and held-out pairs
   (held-out pairs measure a reward model's accuracy per group);
-* :func:`fit_single_and_em` and :func:`fit_per_group`: the pooled reward model, the
-  hard-EM mixture (MaxMin-RLHF, Alg. 1) and, as an ablation, one model per *true* group;
+* :func:`fit_single_and_em`: the pooled reward model and the hard-EM mixture (MaxMin-RLHF,
+  Alg. 1);
 * :class:`Arm` and :func:`run_arm`: one PPO run on learned rewards (04, 05's in-process
   path), and :func:`evaluate_policy`: a trained policy judged by each group's ground truth
   against the reference policy on held-out prompts (04, 06).
@@ -152,32 +152,6 @@ def fit_single_and_em(
         progress=progress,
     )
     return single, em
-
-
-def fit_per_group(
-    chosen: Sequence[str],
-    rejected: Sequence[str],
-    group_of_row: IntArray,
-    groups: Sequence[str],
-    new_reward_model: Callable[[], PreTrainedModel],
-    tokenizer: PreTrainedTokenizerBase,
-    settings: RewardModelSettings,
-    seed: int,
-) -> dict[str, PreTrainedModel]:
-    """One reward model per *true* group on that group's comparisons only: what EM should
-    find, so MaxMin PPO on these separates a failure of EM from a failure of MaxMin."""
-    out = {}
-    for g, name in enumerate(groups):
-        rows = np.flatnonzero(np.asarray(group_of_row) == g)
-        out[name] = fit_reward_model(
-            new_reward_model(),
-            tokenizer,
-            [chosen[i] for i in rows],
-            [rejected[i] for i in rows],
-            settings,
-            seed,
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- PPO arms

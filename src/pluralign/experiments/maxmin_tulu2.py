@@ -42,6 +42,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from datasets import Dataset
 from sklearn.metrics import adjusted_rand_score
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -358,8 +360,6 @@ def launcher_settings(launcher: str | None) -> dict[str, Any]:
     path = launcher_path(launcher)
     if not path.is_file():
         raise ValueError(f"launcher {launcher!r}: no accelerate config file at {path}")
-    import yaml
-
     settings = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(settings, dict):
         raise ValueError(f"{path}: not an accelerate config (a YAML mapping)")
@@ -379,8 +379,6 @@ def launcher_processes(launcher: str | None) -> int:
 
 def refuse_zero3(state: Any) -> None:
     """Stop an arm started by hand under ZeRO-3 before it loads a model."""
-    import os
-
     from accelerate.utils import DistributedType
 
     stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
@@ -391,9 +389,9 @@ def refuse_zero3(state: Any) -> None:
 def preflight(cfg: Config) -> None:
     """Everything the paper profile would otherwise find out hours in (review of 2026-12,
     defect 9), checked before any model loads: the endpoint judge's environment, the
-    P-SOUPS files and prompt files, the launcher. (The batch arithmetic and the launcher
-    are checked by ``Config`` itself; whether the evaluation prompts fit is checked by
-    :func:`prompt_sets` right after the tokenizer loads.)"""
+    P-SOUPS files and prompt files. (The batch arithmetic and the launcher are checked by
+    ``Config`` itself; whether the evaluation prompts fit is checked by :func:`prompt_sets`
+    right after the tokenizer loads.)"""
     if "endpoint" in cfg.judges:
         ChatEndpointJudge(cfg.judge_model or "", "")  # reads the URL and key, or says which
     missing = []
@@ -415,7 +413,6 @@ def preflight(cfg: Config) -> None:
             "missing before any training (paths are read from the working directory "
             f"{Path.cwd()}): " + "; ".join(missing)
         )
-    launcher_processes(cfg.launcher)
 
 
 # --------------------------------------------------------------------------- models
